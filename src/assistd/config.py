@@ -1,0 +1,71 @@
+"""Settings, read once from the environment (every one is listed in docs/settings.md)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+OPENAI_BASE_URL = "https://api.openai.com/v1"
+
+
+def _csv(value: str | None) -> tuple[str, ...]:
+    return tuple(part.strip() for part in (value or "").split(",") if part.strip())
+
+
+def _float(env: dict[str, str], name: str, default: float) -> float:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        return float(raw)
+    except ValueError as exc:
+        raise SystemExit(f"{name} must be a number, got {raw!r}") from exc
+
+
+@dataclass(frozen=True)
+class Settings:
+    upstream_base_url: str = OPENAI_BASE_URL
+    upstream_api_key: str = ""
+    upstream_timeout: float = 600.0
+    upstream_connect_timeout: float = 10.0
+    upstream_max_tokens_param: str = "max_completion_tokens"
+    data_dir: Path = field(default_factory=lambda: Path("./data"))
+    database_url: str = ""
+    api_keys: tuple[str, ...] = ()
+    run_expires_seconds: float = 600.0
+    worker_concurrency: int = 1000
+    heartbeat_seconds: float = 2.0
+    lease_seconds: float = 30.0
+    shutdown_grace_seconds: float = 10.0
+
+    @property
+    def resolved_database_url(self) -> str:
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{(self.data_dir / 'assistd.db').resolve()}"
+
+    @property
+    def is_postgres(self) -> bool:
+        return self.resolved_database_url.startswith(("postgresql://", "postgres://"))
+
+
+def load_settings(env: dict[str, str] | None = None) -> Settings:
+    """Build Settings from ASSISTD_* variables (and OPENAI_API_KEY as the upstream key fallback)."""
+    env = dict(os.environ if env is None else env)
+    return Settings(
+        upstream_base_url=env.get("ASSISTD_UPSTREAM_BASE_URL") or OPENAI_BASE_URL,
+        upstream_api_key=env.get("ASSISTD_UPSTREAM_API_KEY") or env.get("OPENAI_API_KEY", ""),
+        upstream_timeout=_float(env, "ASSISTD_UPSTREAM_TIMEOUT", 600.0),
+        upstream_connect_timeout=_float(env, "ASSISTD_UPSTREAM_CONNECT_TIMEOUT", 10.0),
+        upstream_max_tokens_param=env.get("ASSISTD_UPSTREAM_MAX_TOKENS_PARAM")
+        or "max_completion_tokens",
+        data_dir=Path(env.get("ASSISTD_DATA_DIR") or "./data"),
+        database_url=env.get("ASSISTD_DATABASE_URL", ""),
+        api_keys=_csv(env.get("ASSISTD_API_KEYS")),
+        run_expires_seconds=_float(env, "ASSISTD_RUN_EXPIRES_SECONDS", 600.0),
+        worker_concurrency=int(_float(env, "ASSISTD_WORKER_CONCURRENCY", 1000)),
+        heartbeat_seconds=_float(env, "ASSISTD_HEARTBEAT_SECONDS", 2.0),
+        lease_seconds=_float(env, "ASSISTD_LEASE_SECONDS", 30.0),
+        shutdown_grace_seconds=_float(env, "ASSISTD_SHUTDOWN_GRACE_SECONDS", 10.0),
+    )

@@ -1,0 +1,227 @@
+"""API objects as plain dicts, shaped exactly as OpenAI's schemas, and their storage rows."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from assistd.domain.ids import new_id, now
+
+Obj = dict[str, Any]
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+
+
+def loads_or_none(text: str | None) -> Any:
+    return None if text is None else json.loads(text)
+
+
+# ---------------------------------------------------------------- assistants
+
+ASSISTANT_FIELDS = (
+    "name",
+    "description",
+    "model",
+    "instructions",
+    "tools",
+    "tool_resources",
+    "temperature",
+    "top_p",
+    "response_format",
+)
+
+
+def new_assistant(params: Obj) -> Obj:
+    data = {key: params.get(key) for key in ASSISTANT_FIELDS}
+    data["tools"] = params.get("tools") or []
+    data["tool_resources"] = params.get("tool_resources") or {}
+    for key in ("temperature", "top_p"):
+        data[key] = params[key] if params.get(key) is not None else 1.0
+    data["response_format"] = params.get("response_format") or "auto"
+    return {
+        "id": new_id("asst"),
+        "object": "assistant",
+        "created_at": now(),
+        **data,
+        "metadata": params.get("metadata") or {},
+    }
+
+
+# ---------------------------------------------------------------- threads
+
+
+def new_thread(params: Obj) -> Obj:
+    return {
+        "id": new_id("thread"),
+        "object": "thread",
+        "created_at": now(),
+        "tool_resources": params.get("tool_resources") or {},
+        "metadata": params.get("metadata") or {},
+    }
+
+
+# ---------------------------------------------------------------- messages
+
+
+def text_part(value: str) -> Obj:
+    return {"type": "text", "text": {"value": value, "annotations": []}}
+
+
+def content_parts(content: str | list[Obj]) -> list[Obj]:
+    """A message's `content` as given on create (string or parts) → the stored parts."""
+    if isinstance(content, str):
+        return [text_part(content)]
+    parts: list[Obj] = []
+    for part in content:
+        if part["type"] == "text":
+            parts.append(text_part(part["text"]))
+        else:
+            parts.append(part)
+    return parts
+
+
+def new_message(
+    thread_id: str,
+    role: str,
+    content: list[Obj],
+    *,
+    status: str = "completed",
+    assistant_id: str | None = None,
+    run_id: str | None = None,
+    attachments: list[Obj] | None = None,
+    metadata: Obj | None = None,
+) -> Obj:
+    created = now()
+    return {
+        "id": new_id("msg"),
+        "object": "thread.message",
+        "created_at": created,
+        "thread_id": thread_id,
+        "status": status,
+        "incomplete_details": None,
+        "completed_at": created if status == "completed" else None,
+        "incomplete_at": None,
+        "role": role,
+        "content": content,
+        "assistant_id": assistant_id,
+        "run_id": run_id,
+        "attachments": attachments or [],
+        "metadata": metadata or {},
+    }
+
+
+def message_text(message: Obj) -> str:
+    return "".join(p["text"]["value"] for p in message["content"] if p["type"] == "text")
+
+
+# ---------------------------------------------------------------- runs
+
+RUN_CONFIG_FIELDS = (
+    "model",
+    "instructions",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "temperature",
+    "top_p",
+    "response_format",
+    "max_prompt_tokens",
+    "max_completion_tokens",
+    "truncation_strategy",
+)
+RUN_STATE_FIELDS = (
+    "status",
+    "started_at",
+    "expires_at",
+    "cancelled_at",
+    "failed_at",
+    "completed_at",
+)
+RUN_JSON_STATE_FIELDS = ("required_action", "last_error", "incomplete_details", "usage")
+
+
+def run_from_row(row: Obj) -> Obj:
+    data = json.loads(row["data"])
+    run: Obj = {
+        "id": row["id"],
+        "object": "thread.run",
+        "created_at": row["created_at"],
+        "thread_id": row["thread_id"],
+        "assistant_id": row["assistant_id"],
+    }
+    for key in RUN_STATE_FIELDS:
+        run[key] = row[key]
+    for key in RUN_JSON_STATE_FIELDS:
+        run[key] = loads_or_none(row[key])
+    for key in RUN_CONFIG_FIELDS:
+        run[key] = data.get(key)
+    run["metadata"] = json.loads(row["metadata"])
+    return run
+
+
+def new_run_row(thread_id: str, assistant: Obj, params: Obj, expires_in: float) -> Obj:
+    """The row for a new queued run: the run's own settings override the assistant's."""
+    created = now()
+    config = {key: params.get(key) for key in RUN_CONFIG_FIELDS}
+    for key in ("model", "tools", "temperature", "top_p", "response_format"):
+        if config[key] is None:
+            config[key] = assistant.get(key)
+    if params.get("instructions") is None:
+        config["instructions"] = assistant.get("instructions") or ""
+    if params.get("additional_instructions"):
+        base = config["instructions"]
+        config["instructions"] = f"{base}\n\n{params['additional_instructions']}" if base else params["additional_instructions"]
+    config["tools"] = config["tools"] or []
+    config["tool_choice"] = config["tool_choice"] if config["tool_choice"] is not None else "auto"
+    if config["parallel_tool_calls"] is None:
+        config["parallel_tool_calls"] = True
+    config["response_format"] = config["response_format"] or "auto"
+    config["truncation_strategy"] = config["truncation_strategy"] or {
+        "type": "auto",
+        "last_messages": None,
+    }
+    return {
+        "id": new_id("run"),
+        "thread_id": thread_id,
+        "assistant_id": assistant["id"],
+        "created_at": created,
+        "status": "queued",
+        "data": dumps(config),
+        "metadata": dumps(params.get("metadata") or {}),
+        "expires_at": created + int(expires_in),
+    }
+
+
+# ---------------------------------------------------------------- run steps
+
+
+def new_step(run: Obj, step_type: str, details: Obj) -> Obj:
+    return {
+        "id": new_id("step"),
+        "object": "thread.run.step",
+        "created_at": now(),
+        "assistant_id": run["assistant_id"],
+        "thread_id": run["thread_id"],
+        "run_id": run["id"],
+        "type": step_type,
+        "status": "in_progress",
+        "cancelled_at": None,
+        "completed_at": None,
+        "expired_at": None,
+        "failed_at": None,
+        "last_error": None,
+        "step_details": details,
+        "usage": None,
+        "metadata": {},
+    }
+
+
+def usage_sum(a: Obj | None, b: Obj | None) -> Obj | None:
+    if a is None:
+        return b
+    if b is None:
+        return a
+    keys = ("prompt_tokens", "completion_tokens", "total_tokens")
+    return {k: int(a.get(k) or 0) + int(b.get(k) or 0) for k in keys}

@@ -1,0 +1,293 @@
+"""One turn of a run: build the prompt, stream one upstream completion, record what the
+model said (a message, or tool calls), and move the run to its next status.
+
+A run that needs tool outputs ends its turn at `requires_action`; submitting the outputs
+queues the run again and a later turn continues from what the database holds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from openai.types.chat import ChatCompletionChunk
+from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
+
+from assistd.domain import objects as o
+from assistd.domain.ids import new_id, now
+from assistd.domain.run_state import RunStatus
+from assistd.execution import prompt
+from assistd.execution.runtime import Runtime
+from assistd.execution.settle import Settled, run_usage, settle, settle_in
+from assistd.execution.upstream import UpstreamError
+
+log = logging.getLogger("assistd.executor")
+Obj = dict[str, Any]
+FLUSH_SECONDS = 1.0
+
+
+class StopReason:
+    CANCEL = "cancel"
+    SHUTDOWN = "shutdown"
+
+
+class RunTurn:
+    def __init__(self, rt: Runtime, run: Obj) -> None:
+        self.rt = rt
+        self.run = run
+        self.stop_reason = StopReason.CANCEL
+        self.message: Obj | None = None
+        self.message_step: Obj | None = None
+        self.tool_step: Obj | None = None
+        self.calls: dict[int, Obj] = {}
+        self.text: list[str] = []
+        self.usage: Obj | None = None
+        self.finish_reason: str | None = None
+        self.prompt_estimate = 0
+        self.last_flush = time.monotonic()
+
+    @property
+    def run_id(self) -> str:
+        return str(self.run["id"])
+
+    def publish(self, event: str, data: Any) -> None:
+        self.rt.broker.publish(self.run_id, event, data)
+
+    async def execute(self) -> None:
+        """Run the turn to its end; every way out leaves the run in a truthful status."""
+        try:
+            await self._turn()
+        except asyncio.CancelledError:
+            await asyncio.shield(self._after_stop())
+        except UpstreamError as exc:
+            await self._end(RunStatus.FAILED, last_error={"code": exc.code, "message": exc.message})
+        except Exception as exc:  # a bug must not strand the run in_progress
+            log.exception("run %s failed inside assistd", self.run_id)
+            error = {"code": "server_error", "message": f"assistd error: {type(exc).__name__}"}
+            await self._end(RunStatus.FAILED, last_error=error)
+
+    # ------------------------------------------------------------ the turn
+
+    async def _turn(self) -> None:
+        store = self.rt.store
+        steps = await store.run_steps(self.run_id)
+        history = await store.thread_messages(self.run["thread_id"])
+        used = run_usage(steps)
+        request = self._request(history, steps, used)
+        if isinstance(request, str):
+            return await self._end_incomplete(request)
+        async with self.rt.upstream.stream(request) as chunks:
+            async for chunk in chunks:
+                await self._on_chunk(chunk)
+        await self._finish(used)
+
+    def _budgets(self, used: Obj) -> tuple[int | None, int | None]:
+        max_prompt = self.run.get("max_prompt_tokens")
+        max_completion = self.run.get("max_completion_tokens")
+        prompt_left = None if max_prompt is None else max_prompt - used["prompt_tokens"]
+        completion_left = None if max_completion is None else max_completion - used["completion_tokens"]
+        return prompt_left, completion_left
+
+    def _request(self, history: list[Obj], steps: list[Obj], used: Obj) -> Obj | str:
+        """The upstream request, or the budget (`incomplete_details.reason`) that forbids it."""
+        prompt_left, completion_left = self._budgets(used)
+        if completion_left is not None and completion_left <= 0:
+            return "max_completion_tokens"
+        run_messages = [m for m in history if m["run_id"] == self.run_id]
+        thread, own = prompt.conversation(self.run, history, steps, run_messages)
+        try:
+            messages = prompt.truncate(self.run, prompt.system_messages(self.run), thread, own, prompt_left)
+        except prompt.PromptTooLong:
+            return "max_prompt_tokens"
+        self.prompt_estimate = prompt.estimate_tokens(messages)
+        return prompt.build_request(self.run, messages, completion_left, self.rt.upstream.max_tokens_param)
+
+    async def _on_chunk(self, chunk: ChatCompletionChunk) -> None:
+        if chunk.usage is not None:
+            self.usage = {
+                "prompt_tokens": chunk.usage.prompt_tokens,
+                "completion_tokens": chunk.usage.completion_tokens,
+                "total_tokens": chunk.usage.total_tokens,
+            }
+        for choice in chunk.choices:
+            if choice.delta.content:
+                await self._on_text(choice.delta.content)
+            if choice.delta.tool_calls:
+                await self._on_tool_calls(choice.delta.tool_calls)
+            if choice.finish_reason:
+                self.finish_reason = choice.finish_reason
+
+    # ------------------------------------------------------------ text
+
+    async def _open_message(self) -> None:
+        run = self.run
+        message = o.new_message(
+            run["thread_id"], "assistant", [], status="in_progress",
+            assistant_id=run["assistant_id"], run_id=self.run_id,
+        )
+        step = o.new_step(run, "message_creation", {
+            "type": "message_creation", "message_creation": {"message_id": message["id"]},
+        })
+        async with self.rt.store.db.transaction() as tx:
+            await self.rt.store.save_step(step, tx)
+            await self.rt.store.insert_message(message, tx)
+        self.message, self.message_step = message, step
+        self.publish("thread.run.step.created", step)
+        self.publish("thread.run.step.in_progress", step)
+        self.publish("thread.message.created", message)
+        self.publish("thread.message.in_progress", message)
+
+    async def _on_text(self, piece: str) -> None:
+        if self.message is None:
+            await self._open_message()
+        assert self.message is not None
+        self.text.append(piece)
+        self.publish("thread.message.delta", {
+            "id": self.message["id"],
+            "object": "thread.message.delta",
+            "delta": {"content": [{"index": 0, "type": "text", "text": {"value": piece, "annotations": []}}]},
+        })
+        if time.monotonic() - self.last_flush >= FLUSH_SECONDS:
+            await self._flush_text()
+
+    def _sync_text(self) -> None:
+        if self.message is not None:
+            self.message["content"] = [o.text_part("".join(self.text))]
+
+    async def _flush_text(self) -> None:
+        """Keep the partial answer durable while it streams (retrievable, and kept on a crash)."""
+        self.last_flush = time.monotonic()
+        self._sync_text()
+        if self.message is not None:
+            await self.rt.store.save_message(self.message)
+
+    # ------------------------------------------------------------ tool calls
+
+    async def _open_tool_step(self) -> Obj:
+        step = o.new_step(self.run, "tool_calls", {"type": "tool_calls", "tool_calls": []})
+        await self.rt.store.save_step(step)
+        self.tool_step = step
+        self.publish("thread.run.step.created", step)
+        self.publish("thread.run.step.in_progress", step)
+        return step
+
+    async def _on_tool_calls(self, deltas: list[ChoiceDeltaToolCall]) -> None:
+        step = self.tool_step or await self._open_tool_step()
+        for delta in deltas:
+            first = delta.index not in self.calls
+            call = self.calls.setdefault(delta.index, {
+                "id": new_id("call"), "type": "function",
+                "function": {"name": "", "arguments": "", "output": None},
+            })
+            name = (delta.function.name if delta.function else None) or ""
+            arguments = (delta.function.arguments if delta.function else None) or ""
+            call["function"]["name"] += name
+            call["function"]["arguments"] += arguments
+            entry: Obj = {"index": delta.index, "type": "function",
+                          "function": {"name": name, "arguments": arguments, "output": None}}
+            if first:
+                entry["id"] = call["id"]
+            self.publish("thread.run.step.delta", {
+                "id": step["id"], "object": "thread.run.step.delta",
+                "delta": {"step_details": {"type": "tool_calls", "tool_calls": [entry]}},
+            })
+
+    # ------------------------------------------------------------ ending the turn
+
+    def _turn_usage(self) -> Obj:
+        if self.usage is not None:
+            return self.usage
+        completion = len(self.text) + sum(len(c["function"]["arguments"]) // 4 for c in self.calls.values())
+        return {"prompt_tokens": self.prompt_estimate, "completion_tokens": completion,
+                "total_tokens": self.prompt_estimate + completion}
+
+    async def _finish(self, used: Obj) -> None:
+        if self.message is None and not self.calls:
+            await self._open_message()
+        usage = self._turn_usage()
+        max_prompt = self.run.get("max_prompt_tokens")
+        over_prompt = max_prompt is not None and used["prompt_tokens"] + usage["prompt_tokens"] > max_prompt
+        length = self.finish_reason == "length"
+        wants_tools = bool(self.calls) and not length and not over_prompt
+        store = self.rt.store
+        events: list[tuple[str, Obj]] = []
+        async with store.db.transaction() as tx:
+            last_step = self.tool_step or self.message_step
+            if self.message is not None and self.message_step is not None:
+                events += await self._complete_message(tx, truncated=length, usage=usage if last_step is self.message_step else None)
+            if wants_tools:
+                settled, more = await self._require_action(tx, usage)
+                events += more
+            else:
+                if self.tool_step is not None:
+                    self.tool_step["usage"] = usage
+                    await store.save_step(self.tool_step, tx)
+                settled = await self._settle_turn(tx, length, over_prompt)
+        if settled is None:
+            return await self._lost_race()
+        for event, data in events:
+            self.publish(event, data)
+        if isinstance(settled, Settled):
+            settled.publish(self.rt.broker)
+        else:
+            self.publish("thread.run.requires_action", settled)
+
+    async def _complete_message(self, tx: Any, *, truncated: bool, usage: Obj | None) -> list[tuple[str, Obj]]:
+        assert self.message is not None and self.message_step is not None
+        self._sync_text()
+        message, step = self.message, self.message_step
+        if truncated:
+            message.update(status="incomplete", incomplete_at=now(), incomplete_details={"reason": "max_tokens"})
+        else:
+            message.update(status="completed", completed_at=now())
+        step.update(status="completed", completed_at=now(), usage=usage or {
+            "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
+        await self.rt.store.save_message(message, tx)
+        await self.rt.store.save_step(step, tx)
+        return [(f"thread.message.{message['status']}", message), ("thread.run.step.completed", step)]
+
+    async def _require_action(self, tx: Any, usage: Obj) -> tuple[Obj | None, list[tuple[str, Obj]]]:
+        assert self.tool_step is not None
+        calls = [self.calls[i] for i in sorted(self.calls)]
+        self.tool_step["step_details"]["tool_calls"] = calls
+        self.tool_step["usage"] = usage
+        await self.rt.store.save_step(self.tool_step, tx)
+        action = {"type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": [
+            {"id": c["id"], "type": "function",
+             "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}}
+            for c in calls
+        ]}}
+        run = await self.rt.store.transition(self.run_id, RunStatus.REQUIRES_ACTION, tx, required_action=action)
+        return run, []
+
+    async def _settle_turn(self, tx: Any, length: bool, over_prompt: bool) -> Settled | None:
+        if length or over_prompt:
+            reason = "max_completion_tokens" if length else "max_prompt_tokens"
+            return await settle_in(tx, self.rt.store, self.run_id, RunStatus.INCOMPLETE,
+                                   incomplete_details={"reason": reason})
+        return await settle_in(tx, self.rt.store, self.run_id, RunStatus.COMPLETED)
+
+    async def _end_incomplete(self, reason: str) -> None:
+        await self._end(RunStatus.INCOMPLETE, incomplete_details={"reason": reason})
+
+    async def _end(self, target: RunStatus, **fields: Any) -> None:
+        """Settle the run; if a cancel got there first, finish the cancellation instead."""
+        self._sync_text()
+        if self.message is not None:
+            await self.rt.store.save_message(self.message)
+        if await settle(self.rt.store, self.rt.broker, self.run_id, target, **fields) is None:
+            await self._lost_race()
+
+    async def _lost_race(self) -> None:
+        run = await self.rt.store.get_run_by_id(self.run_id)
+        if run is not None and run["status"] == RunStatus.CANCELLING:
+            await self._end(RunStatus.CANCELLED)
+
+    async def _after_stop(self) -> None:
+        if self.stop_reason == StopReason.SHUTDOWN:
+            error = {"code": "server_error", "message": "assistd stopped while the run was in progress."}
+            await self._end(RunStatus.FAILED, last_error=error)
+        else:
+            await self._end(RunStatus.CANCELLED, only_from=(RunStatus.CANCELLING.value,))

@@ -1,0 +1,122 @@
+"""Build the upstream Chat Completions request for one step of a run."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from assistd.domain.objects import message_text
+
+Obj = dict[str, Any]
+
+
+class PromptTooLong(Exception):
+    """Even the shortest prompt exceeds the run's `max_prompt_tokens` budget."""
+
+
+def estimate_tokens(messages: list[Obj]) -> int:
+    """A tokenizer-free estimate (about four characters a token), used only for budgets."""
+    return len(json.dumps(messages, ensure_ascii=False)) // 4 + 1
+
+
+def chat_message(message: Obj) -> Obj:
+    """A thread message as a Chat Completions message."""
+    images = [p for p in message["content"] if p["type"] == "image_url"]
+    text = message_text(message)
+    if not images or message["role"] != "user":
+        return {"role": message["role"], "content": text}
+    parts: list[Obj] = [{"type": "text", "text": text}] if text else []
+    parts += [{"type": "image_url", "image_url": p["image_url"]} for p in images]
+    return {"role": "user", "content": parts}
+
+
+def step_messages(step: Obj, messages_by_id: dict[str, Obj]) -> list[Obj]:
+    """What one of this run's earlier steps contributes to the conversation."""
+    details = step["step_details"]
+    if details["type"] == "message_creation":
+        message = messages_by_id.get(details["message_creation"]["message_id"])
+        return [chat_message(message)] if message and message_text(message) else []
+    calls = [c for c in details["tool_calls"] if c["type"] == "function"]
+    if not calls:
+        return []
+    assistant = {
+        "role": "assistant",
+        "content": None,
+        "tool_calls": [
+            {
+                "id": c["id"],
+                "type": "function",
+                "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]},
+            }
+            for c in calls
+        ],
+    }
+    results = [
+        {"role": "tool", "tool_call_id": c["id"], "content": c["function"].get("output") or ""}
+        for c in calls
+    ]
+    return [assistant, *results]
+
+
+def conversation(run: Obj, history: list[Obj], steps: list[Obj], run_messages: list[Obj]) -> tuple[list[Obj], list[Obj]]:
+    """(thread history, this run's own turns) as chat messages, before truncation."""
+    thread = [chat_message(m) for m in history if m["run_id"] != run["id"]]
+    by_id = {m["id"]: m for m in run_messages}
+    own = [msg for step in steps for msg in step_messages(step, by_id)]
+    return thread, own
+
+
+def truncate(run: Obj, system: list[Obj], thread: list[Obj], own: list[Obj], prompt_budget: int | None) -> list[Obj]:
+    """Apply `truncation_strategy`: keep the last N thread messages, or drop the oldest to fit."""
+    strategy = run.get("truncation_strategy") or {"type": "auto"}
+    if strategy.get("type") == "last_messages" and strategy.get("last_messages") is not None:
+        n = int(strategy["last_messages"])
+        thread = thread[-n:] if n > 0 else []
+    if prompt_budget is not None and strategy.get("type") == "auto":
+        while len(thread) > 1 and estimate_tokens(system + thread + own) > prompt_budget:
+            thread = thread[1:]
+    messages = system + thread + own
+    if prompt_budget is not None and estimate_tokens(messages) > prompt_budget:
+        raise PromptTooLong()
+    return messages
+
+
+def function_tools(run: Obj) -> list[Obj]:
+    return [
+        {"type": "function", "function": t["function"]}
+        for t in run.get("tools") or []
+        if t.get("type") == "function"
+    ]
+
+
+def response_format(run: Obj) -> Obj | None:
+    fmt = run.get("response_format")
+    if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
+        return fmt
+    return None
+
+
+def build_request(run: Obj, messages: list[Obj], completion_budget: int | None, max_tokens_param: str) -> Obj:
+    request: Obj = {
+        "model": run["model"],
+        "messages": messages,
+        "stream_options": {"include_usage": True},
+    }
+    for key in ("temperature", "top_p"):
+        if run.get(key) is not None:
+            request[key] = run[key]
+    tools = function_tools(run)
+    if tools:
+        request["tools"] = tools
+        request["tool_choice"] = run.get("tool_choice") or "auto"
+        request["parallel_tool_calls"] = bool(run.get("parallel_tool_calls", True))
+    if (fmt := response_format(run)) is not None:
+        request["response_format"] = fmt
+    if completion_budget is not None:
+        request[max_tokens_param] = completion_budget
+    return request
+
+
+def system_messages(run: Obj) -> list[Obj]:
+    instructions = run.get("instructions")
+    return [{"role": "system", "content": instructions}] if instructions else []

@@ -1,0 +1,80 @@
+"""The upstream: any OpenAI-compatible Chat Completions endpoint, always streamed.
+
+Streaming is what lets a cancel stop generation at once: closing the response closes
+the connection, and the upstream server sees the client go away.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import httpx
+import openai
+from openai.types.chat import ChatCompletionChunk
+
+from assistd.config import Settings
+
+
+class UpstreamError(Exception):
+    """An upstream failure, with the run `last_error.code` it maps to."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def classify(exc: BaseException) -> UpstreamError:
+    if isinstance(exc, openai.RateLimitError):
+        return UpstreamError("rate_limit_exceeded", f"Upstream rate limit: {_detail(exc)}")
+    if isinstance(exc, openai.BadRequestError):
+        return UpstreamError("invalid_prompt", f"Upstream rejected the request: {_detail(exc)}")
+    if isinstance(exc, openai.APITimeoutError):
+        return UpstreamError("server_error", "The upstream model timed out.")
+    if isinstance(exc, openai.APIStatusError):
+        return UpstreamError("server_error", f"Upstream error {exc.status_code}: {_detail(exc)}")
+    if isinstance(exc, (openai.APIConnectionError, httpx.HTTPError)):
+        return UpstreamError("server_error", f"Upstream connection failed: {exc}")
+    return UpstreamError("server_error", f"Upstream error: {exc}")
+
+
+def _detail(exc: openai.APIError) -> str:
+    return exc.message or type(exc).__name__
+
+
+class Upstream:
+    def __init__(self, settings: Settings) -> None:
+        self.max_tokens_param = settings.upstream_max_tokens_param
+        self.client = openai.AsyncOpenAI(
+            base_url=settings.upstream_base_url,
+            api_key=settings.upstream_api_key or "assistd-no-key",
+            max_retries=0,
+            timeout=httpx.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout),
+            http_client=httpx.AsyncClient(
+                limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
+                timeout=httpx.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout),
+            ),
+        )
+
+    @asynccontextmanager
+    async def stream(self, request: dict[str, Any]) -> AsyncIterator[AsyncIterator[ChatCompletionChunk]]:
+        """Open a streamed completion; leaving the block closes the connection."""
+        try:
+            stream = await self.client.chat.completions.create(**request, stream=True)
+        except openai.APIError as exc:
+            raise classify(exc) from exc
+        async with stream:
+            yield _guarded(stream)
+
+    async def close(self) -> None:
+        await self.client.close()
+
+
+async def _guarded(stream: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[ChatCompletionChunk]:
+    try:
+        async for chunk in stream:
+            yield chunk
+    except (openai.APIError, httpx.HTTPError) as exc:
+        raise classify(exc) from exc

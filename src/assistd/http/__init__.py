@@ -1,0 +1,1 @@
+"""HTTP: thin routes, request models, SSE framing and OpenAI's error envelope."""

@@ -1,0 +1,81 @@
+"""The ASGI application: routes under /v1, error handlers, and the process lifecycle."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
+from starlette.middleware import Middleware
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Mount, Route
+
+from assistd.config import Settings
+from assistd.domain.errors import ApiError
+from assistd.execution.broker import Broker, Signals
+from assistd.execution.runtime import Runtime
+from assistd.execution.upstream import Upstream
+from assistd.execution.worker import Worker
+from assistd.http import assistants, runs, threads
+from assistd.http.auth import ApiKeyMiddleware
+from assistd.http.errors import (
+    api_error_handler,
+    cursor_handler,
+    http_error_handler,
+    unexpected_handler,
+    validation_handler,
+)
+from assistd.storage.db import open_database
+from assistd.storage.migrate import migrate
+from assistd.storage.pages import UnknownCursor
+from assistd.storage.store import Store
+
+log = logging.getLogger("assistd")
+
+
+async def healthz(request: Request) -> Response:
+    rt: Runtime = request.app.state.runtime
+    await rt.store.db.fetchone("SELECT 1 AS ok")
+    return JSONResponse({"status": "ok"})
+
+
+def create_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        db = open_database(settings.resolved_database_url)
+        await db.connect()
+        applied = await migrate(db)
+        if applied:
+            log.info("applied migrations %s", applied)
+        rt = Runtime(settings, Store(db), Broker(), Signals(), Upstream(settings))
+        app.state.runtime = rt
+        worker = Worker(rt, sole_owner=db.dialect == "sqlite") if with_worker else None
+        if worker is not None:
+            await worker.start()
+        try:
+            yield
+        finally:
+            if worker is not None:
+                await worker.stop(settings.shutdown_grace_seconds)
+            await rt.upstream.close()
+            await db.close()
+
+    return Starlette(
+        routes=[
+            Route("/healthz", healthz, methods=["GET"]),
+            Mount("/v1", routes=[*assistants.routes, *runs.routes, *threads.routes]),
+        ],
+        middleware=[Middleware(ApiKeyMiddleware, keys=settings.api_keys)],
+        exception_handlers={
+            ApiError: api_error_handler,
+            ValidationError: validation_handler,
+            UnknownCursor: cursor_handler,
+            HTTPException: http_error_handler,
+            Exception: unexpected_handler,
+        },
+        lifespan=lifespan,
+    )

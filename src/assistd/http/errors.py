@@ -1,0 +1,92 @@
+"""Every error leaves as OpenAI's envelope, with OpenAI's status codes — never a framework's."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+
+from assistd.domain.errors import ApiError, invalid
+from assistd.storage.pages import UnknownCursor
+
+log = logging.getLogger("assistd.http")
+
+
+def error_response(error: ApiError) -> Response:
+    return JSONResponse(error.body(), status_code=error.status)
+
+
+def _param(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif not part.startswith(("function-", "list[", "str", "dict[", "literal[", "int", "float", "bool")):
+            out += f".{part}" if out else part
+    return out
+
+
+def from_validation(exc: ValidationError) -> ApiError:
+    """The first problem pydantic found, worded like OpenAI's validation errors."""
+    first = exc.errors(include_url=False)[0]
+    param = _param(tuple(first["loc"])) or None
+    kind = first["type"]
+    if kind == "missing":
+        return invalid(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
+    if kind.endswith("_type") or kind in ("model_attributes_type", "dict_type", "list_type"):
+        return invalid(f"Invalid type for '{param}': {first['msg']}.", param, "invalid_type")
+    message = first["msg"].removeprefix("Value error, ")
+    return invalid(f"Invalid value for '{param}': {message}.", param, "invalid_value")
+
+
+async def api_error_handler(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ApiError)
+    return error_response(exc)
+
+
+async def validation_handler(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ValidationError)
+    return error_response(from_validation(exc))
+
+
+async def cursor_handler(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, UnknownCursor)
+    return error_response(invalid(str(exc), exc.param))
+
+
+async def http_error_handler(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        message = f"Invalid URL ({request.method} {request.url.path})"
+    elif exc.status_code == 405:
+        message = f"Method {request.method} not allowed for {request.url.path}."
+    else:
+        message = str(exc.detail)
+    return error_response(ApiError(exc.status_code, message))
+
+
+async def unexpected_handler(_: Request, exc: Exception) -> Response:
+    log.exception("unexpected error", exc_info=exc)
+    return error_response(ApiError(500, "The server had an error while processing your request.", type="server_error"))
+
+
+async def read_json(request: Request) -> dict[str, object]:
+    """The request body as a JSON object; an empty body counts as `{}`."""
+    raw = await request.body()
+    if not raw.strip():
+        return {}
+    try:
+        body = json.loads(raw)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise invalid(
+            "We could not parse the JSON body of your request. (HINT: This likely means you "
+            "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, "
+            "but what was sent was not valid JSON.)"
+        ) from exc
+    if not isinstance(body, dict):
+        raise invalid("The request body must be a JSON object.")
+    return body

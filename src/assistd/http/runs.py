@@ -1,0 +1,132 @@
+"""/v1/threads/{thread_id}/runs, /v1/threads/runs, and run steps."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable
+from typing import Any
+
+from starlette.requests import Request
+from starlette.responses import Response
+from starlette.routing import Route
+
+from assistd.domain.objects import new_thread
+from assistd.execution import commands
+from assistd.execution.broker import Event
+from assistd.execution.runtime import Runtime
+from assistd.http.common import ok, page, params, path, runtime
+from assistd.http.models import MetadataModify, RunCreate, SubmitToolOutputs, ThreadAndRunCreate
+from assistd.http.sse import stream_response
+
+Obj = dict[str, Any]
+
+
+async def _start(rt: Runtime, run_id: str, stream: bool, insert: Awaitable[Obj], before: list[Event]) -> Response:
+    """Insert a new run and answer with it, or with its event stream from `thread.run.created`.
+
+    The stream subscribes before the insert, so not even a fast worker's first event is missed.
+    """
+    sub = rt.broker.subscribe(run_id) if stream else None
+    try:
+        run = await insert
+    except BaseException:
+        if sub is not None:
+            sub.close()
+        raise
+    commands.run_queued(rt, run)
+    if sub is None:
+        return ok(run)
+    # `thread.run.queued` was also published to `sub`; the first frames below come before it.
+    return stream_response(rt, sub, [*before, Event("thread.run.created", run)])
+
+
+async def create(request: Request) -> Response:
+    rt, thread_id = runtime(request), path(request, "thread_id")
+    parsed, data = await params(request, RunCreate)
+    assistant = await rt.store.get_assistant(parsed.assistant_id)
+    row, extra = commands.new_run(rt, thread_id, assistant, data)
+    return await _start(rt, row["id"], bool(parsed.stream), rt.store.create_run(row, extra), [])
+
+
+async def _insert_thread_and_run(rt: Runtime, thread: Obj, messages: list[Obj], row: Obj) -> Obj:
+    async with rt.store.db.transaction() as tx:
+        await rt.store.insert_thread(thread, messages, tx)
+        return await rt.store.create_run(row, [], tx)
+
+
+async def create_thread_and_run(request: Request) -> Response:
+    rt = runtime(request)
+    parsed, data = await params(request, ThreadAndRunCreate)
+    assistant = await rt.store.get_assistant(parsed.assistant_id)
+    thread_params = data.get("thread") or {}
+    if data.get("tool_resources"):
+        thread_params["tool_resources"] = data["tool_resources"]
+    thread = new_thread(thread_params)
+    messages = [commands.message_from_params(thread["id"], m) for m in thread_params.get("messages") or []]
+    row, _ = commands.new_run(rt, thread["id"], assistant, data)
+    insert = _insert_thread_and_run(rt, thread, messages, row)
+    return await _start(rt, row["id"], bool(parsed.stream), insert, [Event("thread.created", thread)])
+
+
+async def list_(request: Request) -> Response:
+    pages, _ = page(request)
+    return ok(await runtime(request).store.list_runs(path(request, "thread_id"), pages))
+
+
+async def retrieve(request: Request) -> Response:
+    return ok(await runtime(request).store.get_run(path(request, "thread_id"), path(request, "run_id")))
+
+
+async def modify(request: Request) -> Response:
+    parsed, _ = await params(request, MetadataModify)
+    store = runtime(request).store
+    thread_id, run_id = path(request, "thread_id"), path(request, "run_id")
+    if parsed.metadata is None:
+        return ok(await store.get_run(thread_id, run_id))
+    return ok(await store.update_run_metadata(thread_id, run_id, parsed.metadata))
+
+
+async def cancel(request: Request) -> Response:
+    rt = runtime(request)
+    return ok(await commands.cancel_run(rt, path(request, "thread_id"), path(request, "run_id")))
+
+
+async def submit_tool_outputs(request: Request) -> Response:
+    rt, thread_id, run_id = runtime(request), path(request, "thread_id"), path(request, "run_id")
+    parsed, data = await params(request, SubmitToolOutputs)
+    sub = rt.broker.subscribe(run_id) if parsed.stream else None
+    try:
+        run, steps = await commands.submit_tool_outputs(rt, thread_id, run_id, data["tool_outputs"])
+    except BaseException:
+        if sub is not None:
+            sub.close()
+        raise
+    if sub is None:
+        commands.announce_outputs(rt, run, steps)
+        return ok(run)
+    # Published while subscribed, so the stream starts with the completed tool step.
+    commands.announce_outputs(rt, run, steps)
+    return stream_response(rt, sub, [])
+
+
+async def list_steps(request: Request) -> Response:
+    pages, _ = page(request)
+    store = runtime(request).store
+    return ok(await store.list_steps(path(request, "thread_id"), path(request, "run_id"), pages))
+
+
+async def retrieve_step(request: Request) -> Response:
+    store = runtime(request).store
+    return ok(await store.get_step(path(request, "thread_id"), path(request, "run_id"), path(request, "step_id")))
+
+
+routes = [
+    Route("/threads/runs", create_thread_and_run, methods=["POST"]),
+    Route("/threads/{thread_id}/runs", create, methods=["POST"]),
+    Route("/threads/{thread_id}/runs", list_, methods=["GET"]),
+    Route("/threads/{thread_id}/runs/{run_id}", retrieve, methods=["GET"]),
+    Route("/threads/{thread_id}/runs/{run_id}", modify, methods=["POST"]),
+    Route("/threads/{thread_id}/runs/{run_id}/cancel", cancel, methods=["POST"]),
+    Route("/threads/{thread_id}/runs/{run_id}/submit_tool_outputs", submit_tool_outputs, methods=["POST"]),
+    Route("/threads/{thread_id}/runs/{run_id}/steps", list_steps, methods=["GET"]),
+    Route("/threads/{thread_id}/runs/{run_id}/steps/{step_id}", retrieve_step, methods=["GET"]),
+]

@@ -1,0 +1,1 @@
+"""Storage: one schema on SQLite (default) or PostgreSQL, and every query the server runs."""

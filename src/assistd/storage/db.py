@@ -1,0 +1,228 @@
+"""A small async database interface with SQLite and PostgreSQL implementations.
+
+SQL is written once with `:name` parameters; the PostgreSQL side rewrites them to `$n`.
+SQLite has one writer connection (transactions are `BEGIN IMMEDIATE`, WAL mode) and a
+few reader connections, as one writer per SQLite file is what SQLite does best.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import sqlite3
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any, Protocol
+
+import aiosqlite
+import asyncpg
+
+Row = dict[str, Any]
+_PARAM = re.compile(r"(?<!:):([a-zA-Z_][a-zA-Z0-9_]*)")
+
+
+class Executor(Protocol):
+    async def fetchone(self, sql: str, **params: Any) -> Row | None: ...
+    async def fetchall(self, sql: str, **params: Any) -> list[Row]: ...
+    async def execute(self, sql: str, **params: Any) -> int: ...
+
+
+class Database(Executor, Protocol):
+    dialect: str
+
+    def transaction(self) -> Any: ...
+    async def connect(self) -> None: ...
+    async def close(self) -> None: ...
+    async def executescript(self, sql: str) -> None: ...
+
+
+def expand_in(sql: str, name: str, values: Sequence[str], params: dict[str, Any]) -> str:
+    """Replace `:name` (inside `IN (:name)`) by one parameter per value."""
+    keys = [f"{name}_{i}" for i in range(len(values))]
+    params.update(zip(keys, values))
+    return sql.replace(f":{name}", ", ".join(f":{k}" for k in keys))
+
+
+# ---------------------------------------------------------------- SQLite
+
+
+class _SQLiteConn:
+    def __init__(self, conn: aiosqlite.Connection) -> None:
+        self.conn = conn
+
+    async def fetchone(self, sql: str, **params: Any) -> Row | None:
+        rows = await self.conn.execute_fetchall(sql, params)
+        for row in rows:
+            return dict(row)
+        return None
+
+    async def fetchall(self, sql: str, **params: Any) -> list[Row]:
+        return [dict(row) for row in await self.conn.execute_fetchall(sql, params)]
+
+    async def execute(self, sql: str, **params: Any) -> int:
+        cursor = await self.conn.execute(sql, params)
+        count = cursor.rowcount
+        await cursor.close()
+        return count
+
+
+class SQLiteDatabase:
+    dialect = "sqlite"
+
+    def __init__(self, path: Path, readers: int = 2) -> None:
+        self.path = path
+        self._readers_wanted = readers
+        self._writer: _SQLiteConn | None = None
+        self._write_lock = asyncio.Lock()
+        self._readers: asyncio.Queue[_SQLiteConn] = asyncio.Queue()
+        self._all: list[aiosqlite.Connection] = []
+
+    async def _open(self) -> _SQLiteConn:
+        conn = await aiosqlite.connect(self.path, isolation_level=None)
+        conn.row_factory = sqlite3.Row
+        await conn.execute("PRAGMA journal_mode=WAL")
+        await conn.execute("PRAGMA synchronous=NORMAL")
+        await conn.execute("PRAGMA busy_timeout=10000")
+        await conn.execute("PRAGMA foreign_keys=ON")
+        self._all.append(conn)
+        return _SQLiteConn(conn)
+
+    async def connect(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._writer = await self._open()
+        for _ in range(self._readers_wanted):
+            self._readers.put_nowait(await self._open())
+
+    async def close(self) -> None:
+        for conn in self._all:
+            await conn.close()
+        self._all.clear()
+
+    @property
+    def writer(self) -> _SQLiteConn:
+        assert self._writer is not None, "database not connected"
+        return self._writer
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_SQLiteConn]:
+        async with self._write_lock:
+            await self.writer.conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield self.writer
+            except BaseException:
+                await asyncio.shield(self.writer.conn.execute("ROLLBACK"))
+                raise
+            else:
+                await asyncio.shield(self.writer.conn.execute("COMMIT"))
+
+    @asynccontextmanager
+    async def _reader(self) -> AsyncIterator[_SQLiteConn]:
+        conn = await self._readers.get()
+        try:
+            yield conn
+        finally:
+            self._readers.put_nowait(conn)
+
+    async def fetchone(self, sql: str, **params: Any) -> Row | None:
+        async with self._reader() as conn:
+            return await conn.fetchone(sql, **params)
+
+    async def fetchall(self, sql: str, **params: Any) -> list[Row]:
+        async with self._reader() as conn:
+            return await conn.fetchall(sql, **params)
+
+    async def execute(self, sql: str, **params: Any) -> int:
+        async with self.transaction() as tx:
+            return await tx.execute(sql, **params)
+
+    async def executescript(self, sql: str) -> None:
+        async with self._write_lock:
+            await self.writer.conn.executescript(sql)
+
+
+# ---------------------------------------------------------------- PostgreSQL
+
+
+def _to_dollar(sql: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
+    names: list[str] = []
+
+    def repl(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in names:
+            names.append(name)
+        return f"${names.index(name) + 1}"
+
+    return _PARAM.sub(repl, sql), [params[n] for n in names]
+
+
+class _PGConn:
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn
+
+    async def fetchone(self, sql: str, **params: Any) -> Row | None:
+        text, args = _to_dollar(sql, params)
+        row = await self.conn.fetchrow(text, *args)
+        return dict(row) if row is not None else None
+
+    async def fetchall(self, sql: str, **params: Any) -> list[Row]:
+        text, args = _to_dollar(sql, params)
+        return [dict(r) for r in await self.conn.fetch(text, *args)]
+
+    async def execute(self, sql: str, **params: Any) -> int:
+        text, args = _to_dollar(sql, params)
+        status: str = await self.conn.execute(text, *args)
+        tail = status.rsplit(" ", 1)[-1]
+        return int(tail) if tail.isdigit() else 0
+
+
+class PostgresDatabase:
+    dialect = "postgresql"
+
+    def __init__(self, url: str, min_size: int = 2, max_size: int = 20) -> None:
+        self.url = url
+        self._pool: asyncpg.Pool | None = None
+        self._sizes = (min_size, max_size)
+
+    async def connect(self) -> None:
+        self._pool = await asyncpg.create_pool(
+            self.url, min_size=self._sizes[0], max_size=self._sizes[1]
+        )
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+
+    @property
+    def pool(self) -> asyncpg.Pool:
+        assert self._pool is not None, "database not connected"
+        return self._pool
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_PGConn]:
+        async with self.pool.acquire() as conn, conn.transaction():
+            yield _PGConn(conn)
+
+    async def fetchone(self, sql: str, **params: Any) -> Row | None:
+        async with self.pool.acquire() as conn:
+            return await _PGConn(conn).fetchone(sql, **params)
+
+    async def fetchall(self, sql: str, **params: Any) -> list[Row]:
+        async with self.pool.acquire() as conn:
+            return await _PGConn(conn).fetchall(sql, **params)
+
+    async def execute(self, sql: str, **params: Any) -> int:
+        async with self.pool.acquire() as conn:
+            return await _PGConn(conn).execute(sql, **params)
+
+    async def executescript(self, sql: str) -> None:
+        async with self.pool.acquire() as conn:
+            await conn.execute(sql)
+
+
+def open_database(url: str) -> SQLiteDatabase | PostgresDatabase:
+    if url.startswith(("postgresql://", "postgres://")):
+        return PostgresDatabase(url)
+    if url.startswith("sqlite:///"):
+        return SQLiteDatabase(Path(url.removeprefix("sqlite:///")))
+    raise SystemExit(f"ASSISTD_DATABASE_URL must start with postgresql:// or sqlite:///, got {url!r}")
