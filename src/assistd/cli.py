@@ -14,6 +14,8 @@ from assistd.config import Settings, load_settings
 from assistd.storage.db import open_database
 from assistd.storage.migrate import migrate
 
+log = logging.getLogger("assistd")
+
 
 def _is_loopback(host: str) -> bool:
     try:
@@ -25,7 +27,7 @@ def _is_loopback(host: str) -> bool:
 
 def _serve(settings: Settings, host: str, port: int) -> int:
     if not settings.api_keys and not _is_loopback(host):
-        logging.error(
+        log.error(
             "refusing to listen on %s without ASSISTD_API_KEYS: anyone could use your upstream. "
             "Set ASSISTD_API_KEYS or listen on 127.0.0.1.", host,
         )

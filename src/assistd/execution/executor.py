@@ -217,9 +217,9 @@ class RunTurn:
             last_step = self.tool_step or self.message_step
             if self.message is not None and self.message_step is not None:
                 events += await self._complete_message(tx, truncated=length, usage=usage if last_step is self.message_step else None)
+            settled: Obj | Settled | None
             if wants_tools:
-                settled, more = await self._require_action(tx, usage)
-                events += more
+                settled = await self._require_action(tx, usage)
             else:
                 if self.tool_step is not None:
                     self.tool_step["usage"] = usage
@@ -248,7 +248,7 @@ class RunTurn:
         await self.rt.store.save_step(step, tx)
         return [(f"thread.message.{message['status']}", message), ("thread.run.step.completed", step)]
 
-    async def _require_action(self, tx: Any, usage: Obj) -> tuple[Obj | None, list[tuple[str, Obj]]]:
+    async def _require_action(self, tx: Any, usage: Obj) -> Obj | None:
         assert self.tool_step is not None
         calls = [self.calls[i] for i in sorted(self.calls)]
         self.tool_step["step_details"]["tool_calls"] = calls
@@ -259,8 +259,7 @@ class RunTurn:
              "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}}
             for c in calls
         ]}}
-        run = await self.rt.store.transition(self.run_id, RunStatus.REQUIRES_ACTION, tx, required_action=action)
-        return run, []
+        return await self.rt.store.transition(self.run_id, RunStatus.REQUIRES_ACTION, tx, required_action=action)
 
     async def _settle_turn(self, tx: Any, length: bool, over_prompt: bool) -> Settled | None:
         if length or over_prompt:

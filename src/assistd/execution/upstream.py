@@ -10,8 +10,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-import httpx
 import openai
+from openai import _constants
 from openai.types.chat import ChatCompletionChunk
 
 from assistd.config import Settings
@@ -35,9 +35,10 @@ def classify(exc: BaseException) -> UpstreamError:
         return UpstreamError("server_error", "The upstream model timed out.")
     if isinstance(exc, openai.APIStatusError):
         return UpstreamError("server_error", f"Upstream error {exc.status_code}: {_detail(exc)}")
-    if isinstance(exc, (openai.APIConnectionError, httpx.HTTPError)):
+    if isinstance(exc, openai.APIConnectionError):
         return UpstreamError("server_error", f"Upstream connection failed: {exc}")
-    return UpstreamError("server_error", f"Upstream error: {exc}")
+    # Mid-stream transport errors arrive raw from the SDK's HTTP library (httpx or httpx2).
+    return UpstreamError("server_error", f"Upstream stream broke: {type(exc).__name__}: {exc}")
 
 
 def _detail(exc: openai.APIError) -> str:
@@ -47,14 +48,18 @@ def _detail(exc: openai.APIError) -> str:
 class Upstream:
     def __init__(self, settings: Settings) -> None:
         self.max_tokens_param = settings.upstream_max_tokens_param
+        # The SDK's own HTTP library (httpx or httpx2, by SDK version) supplies these types.
+        timeout_type = type(_constants.DEFAULT_TIMEOUT)
+        limits_type = type(_constants.DEFAULT_CONNECTION_LIMITS)
+        timeout = timeout_type(settings.upstream_timeout, connect=settings.upstream_connect_timeout)
         self.client = openai.AsyncOpenAI(
             base_url=settings.upstream_base_url,
             api_key=settings.upstream_api_key or "assistd-no-key",
             max_retries=0,
-            timeout=httpx.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout),
-            http_client=httpx.AsyncClient(
-                limits=httpx.Limits(max_connections=None, max_keepalive_connections=100),
-                timeout=httpx.Timeout(settings.upstream_timeout, connect=settings.upstream_connect_timeout),
+            timeout=timeout,
+            http_client=openai.DefaultAsyncHttpxClient(
+                timeout=timeout,
+                limits=limits_type(max_connections=None, max_keepalive_connections=200),
             ),
         )
 
@@ -76,5 +81,5 @@ async def _guarded(stream: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[
     try:
         async for chunk in stream:
             yield chunk
-    except (openai.APIError, httpx.HTTPError) as exc:
+    except Exception as exc:
         raise classify(exc) from exc

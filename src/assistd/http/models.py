@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -50,7 +50,7 @@ class BuiltinTool(Model):
     type: Literal["code_interpreter", "file_search"]
 
 
-Tool = Annotated[Union[FunctionTool, BuiltinTool], Field(discriminator="type")]
+Tool = Annotated[FunctionTool | BuiltinTool, Field(discriminator="type")]
 
 
 class JsonSchema(Model):
@@ -74,10 +74,10 @@ class JsonSchemaFormat(Model):
     json_schema: JsonSchema
 
 
-ResponseFormat = Union[
-    Literal["auto"],
-    Annotated[Union[TextFormat, JsonObjectFormat, JsonSchemaFormat], Field(discriminator="type")],
-]
+ResponseFormat = (
+    Literal["auto"]
+    | Annotated[TextFormat | JsonObjectFormat | JsonSchemaFormat, Field(discriminator="type")]
+)
 
 
 class NamedFunction(Model):
@@ -93,10 +93,10 @@ class BuiltinChoice(Model):
     type: Literal["file_search", "code_interpreter"]
 
 
-ToolChoice = Union[
-    Literal["none", "auto", "required"],
-    Annotated[Union[FunctionChoice, BuiltinChoice], Field(discriminator="type")],
-]
+ToolChoice = (
+    Literal["none", "auto", "required"]
+    | Annotated[FunctionChoice | BuiltinChoice, Field(discriminator="type")]
+)
 
 
 class TruncationStrategy(Model):
@@ -154,7 +154,7 @@ class ImageFilePart(Model):
     image_file: ImageFile
 
 
-ContentPart = Annotated[Union[TextPart, ImageURLPart, ImageFilePart], Field(discriminator="type")]
+ContentPart = Annotated[TextPart | ImageURLPart | ImageFilePart, Field(discriminator="type")]
 
 
 class Attachment(Model):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
@@ -13,6 +14,7 @@ from assistd.domain.run_state import STREAM_STOPS
 from assistd.execution.broker import Event, Subscription
 from assistd.execution.runtime import Runtime
 
+log = logging.getLogger("assistd.sse")
 STOP_EVENTS = frozenset(f"thread.run.{status.value}" for status in STREAM_STOPS)
 # A quiet stream re-reads the run now and then, in case it ended somewhere we can't hear.
 QUIET_SECONDS = 5.0
@@ -28,28 +30,40 @@ DONE = frame("done", "[DONE]")
 
 async def _events(rt: Runtime, sub: Subscription, first: Iterable[Event]) -> AsyncIterator[bytes]:
     try:
-        for event in first:
-            yield frame(event.event, event.data)
-            if event.event in STOP_EVENTS:
-                yield DONE
-                return
-        while True:
-            try:
-                event = await asyncio.wait_for(sub.queue.get(), QUIET_SECONDS)
-            except asyncio.TimeoutError:
-                run = await rt.store.get_run_by_id(sub.run_id)
-                if run is None or run["status"] in STREAM_STOPS:
-                    if run is not None:
-                        yield frame(f"thread.run.{run['status']}", run)
-                    yield DONE
-                    return
-                continue
-            yield frame(event.event, event.data)
-            if event.event in STOP_EVENTS:
-                yield DONE
-                return
+        async for chunk in _run_events(rt, sub, first):
+            yield chunk
+    except Exception:
+        log.exception("stream of run %s broke", sub.run_id)
+        yield frame("error", {"error": {"message": "The server had an error while streaming this run.",
+                                        "type": "server_error", "param": None, "code": None}})
+        yield DONE
     finally:
         sub.close()
+
+
+async def _next_event(rt: Runtime, sub: Subscription) -> Event | None:
+    """The run's next event; None once the run has stopped without one reaching us."""
+    while True:
+        try:
+            return await asyncio.wait_for(sub.queue.get(), QUIET_SECONDS)
+        except TimeoutError:
+            run = await rt.store.get_run_by_id(sub.run_id)
+            if run is None:
+                return None
+            if run["status"] in STREAM_STOPS:
+                return Event(f"thread.run.{run['status']}", run)
+
+
+async def _run_events(rt: Runtime, sub: Subscription, first: Iterable[Event]) -> AsyncIterator[bytes]:
+    pending = list(first)
+    while True:
+        event = pending.pop(0) if pending else await _next_event(rt, sub)
+        if event is None:
+            break
+        yield frame(event.event, event.data)
+        if event.event in STOP_EVENTS:
+            break
+    yield DONE
 
 
 def stream_response(rt: Runtime, sub: Subscription, first: Iterable[Event]) -> StreamingResponse:

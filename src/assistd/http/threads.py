@@ -9,7 +9,13 @@ from starlette.routing import Route
 from assistd.domain.objects import new_thread
 from assistd.execution.commands import message_from_params
 from assistd.http.common import deleted, ok, page, params, path, runtime
-from assistd.http.models import MessageCreate, MessageListQuery, MetadataModify, ThreadCreate, ThreadModify
+from assistd.http.models import (
+    MessageCreate,
+    MessageListQuery,
+    MetadataModify,
+    ThreadCreate,
+    ThreadModify,
+)
 
 
 async def create(request: Request) -> Response:
@@ -30,10 +36,9 @@ async def modify(request: Request) -> Response:
 
 async def delete(request: Request) -> Response:
     rt, thread_id = runtime(request), path(request, "thread_id")
-    row = await rt.store.db.fetchone("SELECT active_run_id FROM threads WHERE id = :id", id=thread_id)
-    await rt.store.delete("threads", "thread", thread_id)
-    if row and row["active_run_id"]:
-        rt.signals.run_cancelling(row["active_run_id"])  # stop generating for a thread that is gone
+    active_run_id = await rt.store.delete_thread(thread_id)
+    if active_run_id:
+        rt.signals.run_cancelling(active_run_id)  # stop generating for a thread that is gone
     return deleted(thread_id, "thread")
 
 

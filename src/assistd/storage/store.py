@@ -107,6 +107,15 @@ class Store:
             )
         return thread
 
+    async def delete_thread(self, thread_id: str) -> str | None:
+        """Delete a thread with its messages and runs; returns the run that was active on it."""
+        row = await self.db.fetchone(
+            "DELETE FROM threads WHERE id = :id RETURNING active_run_id", id=thread_id
+        )
+        if row is None:
+            raise not_found("thread", thread_id)
+        return row["active_run_id"]  # type: ignore[no-any-return]
+
     async def lock_idle_thread(self, tx: Executor, thread_id: str) -> None:
         """Within a transaction: hold the thread's row and insist no run is active on it.
 
