@@ -64,6 +64,8 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("migrate", help="apply database migrations and exit")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    for noisy in ("httpx", "httpx2", "openai"):  # one line per upstream request is too many
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     settings = load_settings()
     if args.command == "migrate":
         asyncio.run(_migrate(settings))

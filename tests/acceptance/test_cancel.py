@@ -39,7 +39,7 @@ def test_cancel_in_progress_run_closes_upstream_and_keeps_partial_text(
                     cancel_answer = client.beta.threads.runs.cancel(run_id, thread_id=thread.id)
     assert cancel_answer is not None
     assert cancel_answer.status in ("cancelling", "cancelled")
-    assert_matches_schema(cancel_answer.model_dump(), "RunObject")
+    assert_matches_schema(cancel_answer, "RunObject")
     for name in ("thread.message.incomplete", "thread.run.step.cancelled", "thread.run.cancelled"):
         assert name in events
     assert events[-1] == "thread.run.cancelled"
@@ -49,7 +49,7 @@ def test_cancel_in_progress_run_closes_upstream_and_keeps_partial_text(
     run = client.beta.threads.runs.retrieve(cancel_answer.id, thread_id=thread.id)
     assert run.status == "cancelled"
     assert run.cancelled_at is not None and run.expires_at is None and run.usage is not None
-    assert_matches_schema(run.model_dump(), "RunObject")
+    assert_matches_schema(run, "RunObject")
 
     message = client.beta.threads.messages.list(thread.id).data[0]
     assert message.role == "assistant" and message.status == "incomplete"
@@ -57,12 +57,12 @@ def test_cancel_in_progress_run_closes_upstream_and_keeps_partial_text(
     assert message.incomplete_details.reason == "run_cancelled"
     kept = message.content[0].text.value  # type: ignore[union-attr]
     assert kept.startswith(received) and LONG_TEXT.startswith(kept) and len(kept) < len(LONG_TEXT)
-    assert_matches_schema(message.model_dump(), "MessageObject")
+    assert_matches_schema(message, "MessageObject")
 
     steps = client.beta.threads.runs.steps.list(run.id, thread_id=thread.id).data
     assert [s.status for s in steps] == ["cancelled"]
     assert steps[0].cancelled_at is not None
-    assert_matches_schema(steps[0].model_dump(), "RunStepObject")
+    assert_matches_schema(steps[0], "RunStepObject")
 
 
 def test_cancelled_run_frees_the_thread_for_a_new_run(client: openai.OpenAI, upstream: FakeUpstream) -> None:
@@ -96,7 +96,7 @@ def test_cancel_queued_run_is_cancelled_at_once_and_never_reaches_upstream(
 
     answer = client.beta.threads.runs.cancel(queued.id, thread_id=waiting.id)
     assert answer.status == "cancelled" and answer.cancelled_at is not None
-    assert_matches_schema(answer.model_dump(), "RunObject")
+    assert_matches_schema(answer, "RunObject")
     client.beta.threads.runs.cancel(busy_run.id, thread_id=busy.id)
     wait_for_status(client, busy.id, busy_run.id, {"cancelled"})
     bodies = [str(r.body["messages"]) for r in upstream.requests]

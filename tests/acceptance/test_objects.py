@@ -16,14 +16,14 @@ def test_assistant_lifecycle(client: openai.OpenAI) -> None:
     created = assistant(client, name="Helper", description="d", tools=[WEATHER_TOOL], metadata={"a": "1"},
                         response_format={"type": "json_object"}, temperature=0.5)
     assert created.id.startswith("asst_") and created.object == "assistant"
-    assert_matches_schema(created.model_dump(), "AssistantObject")
+    assert_matches_schema(created, "AssistantObject")
     assert client.beta.assistants.retrieve(created.id) == created
     updated = client.beta.assistants.update(created.id, name="Renamed", metadata={"b": "2"})
     assert updated.name == "Renamed" and updated.metadata == {"b": "2"} and updated.description == "d"
     assert updated.tools == created.tools
     deleted = client.beta.assistants.delete(created.id)
     assert (deleted.id, deleted.object, deleted.deleted) == (created.id, "assistant.deleted", True)
-    assert_matches_schema(deleted.model_dump(), "DeleteAssistantResponse")
+    assert_matches_schema(deleted, "DeleteAssistantResponse")
     with pytest.raises(openai.NotFoundError) as caught:
         client.beta.assistants.retrieve(created.id)
     assert caught.value.body == {"message": f"No assistant found with id '{created.id}'.",  # type: ignore[comparison-overlap]
@@ -44,13 +44,13 @@ def test_lists_paginate_with_limit_order_after_and_before(client: openai.OpenAI)
     assert [m.id for m in before.data] == [ids[1], ids[2]]
     every = [m.id for m in client.beta.threads.messages.list(thread.id, limit=1, order="asc")]
     assert every == ids  # the SDK's auto-pagination walks `after`
-    assert_matches_schema(desc.model_dump(), "ListMessagesResponse")
+    assert_matches_schema(desc, "ListMessagesResponse")
 
 
 def test_list_assistants_has_the_list_shape(client: openai.OpenAI) -> None:
     a = assistant(client)
     page = client.beta.assistants.list(limit=100)
-    assert_matches_schema(page.model_dump(), "ListAssistantsResponse")
+    assert_matches_schema(page, "ListAssistantsResponse")
     assert a.id in [x.id for x in page.data]
 
 
@@ -61,10 +61,10 @@ def test_thread_lifecycle_with_initial_messages(client: openai.OpenAI) -> None:
         metadata={"user": "42"},
     )
     assert thread.id.startswith("thread_") and thread.metadata == {"user": "42"}
-    assert_matches_schema(thread.model_dump(), "ThreadObject")
+    assert_matches_schema(thread, "ThreadObject")
     message = client.beta.threads.messages.list(thread.id).data[0]
     assert message.thread_id == thread.id and [p.type for p in message.content] == ["text", "image_url"]
-    assert_matches_schema(message.model_dump(), "MessageObject")
+    assert_matches_schema(message, "MessageObject")
     assert client.beta.threads.update(thread.id, metadata={"user": "43"}).metadata == {"user": "43"}
     deleted = client.beta.threads.delete(thread.id)
     assert (deleted.object, deleted.deleted) == ("thread.deleted", True)
@@ -83,7 +83,7 @@ def test_message_lifecycle(client: openai.OpenAI) -> None:
     assert updated.metadata == {"x": "z"}
     deleted = client.beta.threads.messages.delete(message.id, thread_id=thread.id)
     assert (deleted.object, deleted.deleted) == ("thread.message.deleted", True)
-    assert_matches_schema(deleted.model_dump(), "DeleteMessageResponse")
+    assert_matches_schema(deleted, "DeleteMessageResponse")
     with pytest.raises(openai.NotFoundError) as caught:
         client.beta.threads.messages.retrieve(message.id, thread_id=thread.id)
     assert caught.value.body["message"] == f"No message found with id '{message.id}'."  # type: ignore[index]

@@ -26,15 +26,15 @@ def test_run_completes_with_the_upstream_answer_as_a_message(client: openai.Open
     assert run.id.startswith("run_") and run.thread_id == thread_id and run.assistant_id == asst.id
     assert run.started_at is not None and run.completed_at is not None and run.expires_at is None
     assert run.usage is not None and run.usage.total_tokens > 0
-    assert_matches_schema(run.model_dump(), "RunObject")
+    assert_matches_schema(run, "RunObject")
     messages = client.beta.threads.messages.list(thread_id)
-    assert_matches_schema(messages.model_dump(), "ListMessagesResponse")
+    assert_matches_schema(messages, "ListMessagesResponse")
     answer = messages.data[0]
     assert answer.role == "assistant" and answer.run_id == run.id and answer.assistant_id == asst.id
     assert answer.status == "completed" and answer.id.startswith("msg_")
     assert answer.content[0].text.value == "Hello there, friend."  # type: ignore[union-attr]
     steps = client.beta.threads.runs.steps.list(run.id, thread_id=thread_id)
-    assert_matches_schema(steps.model_dump(), "ListRunStepsResponse")
+    assert_matches_schema(steps, "ListRunStepsResponse")
     step = steps.data[0]
     assert step.id.startswith("step_") and step.type == "message_creation" and step.status == "completed"
     assert step.step_details.message_creation.message_id == answer.id  # type: ignore[union-attr]
@@ -105,7 +105,7 @@ def test_finish_reason_length_ends_the_run_incomplete(client: openai.OpenAI, ups
     run = poll(client, thread_id, assistant_id=asst.id, max_completion_tokens=256)
     assert run.status == "incomplete"
     assert run.incomplete_details is not None and run.incomplete_details.reason == "max_completion_tokens"
-    assert_matches_schema(run.model_dump(), "RunObject")
+    assert_matches_schema(run, "RunObject")
     message = client.beta.threads.messages.list(thread_id).data[0]
     assert message.status == "incomplete" and message.content[0].text.value == "This answer was cut"  # type: ignore[union-attr]
 
@@ -128,7 +128,7 @@ def test_usage_sums_every_upstream_call_and_is_null_until_the_end(client: openai
     assert run.status == "requires_action" and run.usage is None
     call = run.required_action.submit_tool_outputs.tool_calls[0]  # type: ignore[union-attr]
     run = client.beta.threads.runs.submit_tool_outputs_and_poll(
-        run.id, thread_id=thread_id, tool_outputs=[{"tool_call_id": call.id, "output": "cloudy"}], poll_interval_ms=20
+        run_id=run.id, thread_id=thread_id, tool_outputs=[{"tool_call_id": call.id, "output": "cloudy"}], poll_interval_ms=20
     )
     assert run.status == "completed"
     assert run.usage is not None
@@ -155,7 +155,7 @@ def test_upstream_errors_fail_the_run_with_the_matching_code(
     assert run.status == "failed" and run.failed_at is not None
     assert run.last_error is not None and run.last_error.code == code
     assert run.expires_at is None
-    assert_matches_schema(run.model_dump(), "RunObject")
+    assert_matches_schema(run, "RunObject")
     client.beta.threads.messages.create(thread_id, role="user", content="the thread is usable again")
 
 
@@ -204,7 +204,7 @@ def test_runs_list_paginates_and_run_metadata_can_be_modified(client: openai.Ope
     thread_id = _thread(client, "list runs")
     ids = [poll(client, thread_id, assistant_id=asst.id).id for _ in range(3)]
     page = client.beta.threads.runs.list(thread_id, limit=2)
-    assert_matches_schema(page.model_dump(), "ListRunsResponse")
+    assert_matches_schema(page, "ListRunsResponse")
     assert [r.id for r in page.data] == [ids[2], ids[1]] and page.has_more
     rest = client.beta.threads.runs.list(thread_id, limit=2, after=ids[1])
     assert [r.id for r in rest.data] == [ids[0]] and not rest.has_more

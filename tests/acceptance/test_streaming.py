@@ -51,7 +51,7 @@ def test_event_handler_receives_every_event_in_order(client: openai.OpenAI, upst
     assert handler.events == TEXT_RUN_EVENTS + ["thread.message.delta"] * deltas + TEXT_RUN_END
     run = handler.get_final_run()
     assert run.status == "completed"
-    assert_matches_schema(run.model_dump(), "RunObject")
+    assert_matches_schema(run, "RunObject")
 
 
 def test_raw_stream_is_sse_framed_and_ends_with_done(server: Any, upstream: FakeUpstream) -> None:

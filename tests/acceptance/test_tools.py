@@ -23,7 +23,7 @@ def test_parallel_tool_calls_require_action_then_continue_with_outputs(
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "weather in two cities"}])
     run = poll(client, thread.id, assistant_id=asst.id)
     assert run.status == "requires_action" and run.required_action is not None
-    assert_matches_schema(run.model_dump(), "RunObject")
+    assert_matches_schema(run, "RunObject")
     calls = run.required_action.submit_tool_outputs.tool_calls
     assert [json.loads(c.function.arguments)["city"] for c in calls] == ["Paris", "Oslo"]
     assert all(c.id.startswith("call_") and c.type == "function" and c.function.name == "get_weather" for c in calls)
@@ -33,7 +33,7 @@ def test_parallel_tool_calls_require_action_then_continue_with_outputs(
 
     outputs = [{"tool_call_id": calls[0].id, "output": "sunny"}, {"tool_call_id": calls[1].id, "output": "rain"}]
     done = client.beta.threads.runs.submit_tool_outputs_and_poll(
-        run.id, thread_id=thread.id, tool_outputs=outputs, poll_interval_ms=20
+        run_id=run.id, thread_id=thread.id, tool_outputs=outputs, poll_interval_ms=20
     )
     assert done.status == "completed" and done.required_action is None
     follow_up = upstream.requests[-1].body["messages"]
@@ -46,7 +46,7 @@ def test_parallel_tool_calls_require_action_then_continue_with_outputs(
     tool_step = client.beta.threads.runs.steps.retrieve(step.id, thread_id=thread.id, run_id=run.id)
     assert tool_step.status == "completed"
     assert [c.function.output for c in tool_step.step_details.tool_calls] == ["sunny", "rain"]  # type: ignore[union-attr]
-    assert_matches_schema(tool_step.model_dump(), "RunStepObject")
+    assert_matches_schema(tool_step, "RunStepObject")
     answer = client.beta.threads.messages.list(thread.id).data[0]
     assert answer.content[0].text.value == "Paris is sunny, Oslo is rainy."  # type: ignore[union-attr]
 

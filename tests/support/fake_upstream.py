@@ -269,13 +269,13 @@ class FakeUpstream:
         for chunk in _chunks(record.body, reply):
             if watcher.done():
                 raise ClientGone()
-            writer.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-            await writer.drain()
-            record.chunks_sent += 1
-            if reply.kind == "drop" and record.chunks_sent > len(reply.chunks):
+            if reply.kind == "drop" and record.chunks_sent >= len(reply.chunks):
                 record.end("dropped")
                 writer.transport.abort()
                 return
+            writer.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
+            await writer.drain()
+            record.chunks_sent += 1
             if reply.chunk_delay:
                 await asyncio.wait({watcher}, timeout=reply.chunk_delay)
         if watcher.done():

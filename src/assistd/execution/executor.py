@@ -81,6 +81,8 @@ class RunTurn:
         async with self.rt.upstream.stream(request) as chunks:
             async for chunk in chunks:
                 await self._on_chunk(chunk)
+        if self.finish_reason is None:  # the connection ended without the completion's end
+            raise UpstreamError("server_error", "The upstream stream ended before the completion finished.")
         await self._finish(used)
 
     def _budgets(self, used: Obj) -> tuple[int | None, int | None]:
