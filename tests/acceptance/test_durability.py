@@ -28,7 +28,8 @@ def test_acknowledged_writes_survive_kill_9(make_server: Any, upstream: FakeUpst
 
 def test_run_left_live_by_a_killed_process_is_settled_on_restart(make_server: Any, upstream: FakeUpstream) -> None:
     upstream.on("crash during this", Reply.text(SLOW, chunk_delay=0.01))
-    server = make_server()
+    # SQLite settles at start (one process owns the file); PostgreSQL when the lease runs out.
+    server = make_server(env={"ASSISTD_LEASE_SECONDS": "3", "ASSISTD_HEARTBEAT_SECONDS": "1"})
     client = server.client()
     asst = assistant(client)
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "crash during this"}])
