@@ -10,7 +10,7 @@ import openai
 import pytest
 
 from tests.support.fake_upstream import FakeUpstream, Reply
-from tests.support.flows import WEATHER_TOOL, assistant, poll, wait_for_status, wait_until
+from tests.support.flows import WEATHER_TOOL, assistant, poll, wait_for_status
 from tests.support.spec import assert_matches_schema
 
 LONG_TEXT = " ".join(f"word{i}" for i in range(400))

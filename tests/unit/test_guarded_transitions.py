@@ -1,0 +1,105 @@
+"""Races between status changes are decided by the database, on SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from assistd.domain import objects as o
+from assistd.domain.run_state import RunStatus
+from assistd.storage.db import Database, open_database
+from assistd.storage.migrate import migrate
+from assistd.storage.store import Store
+from tests.conftest import BACKENDS
+from tests.support.server import drop_postgres_database, fresh_postgres_url
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'unit.db'}"
+        return
+    url = fresh_postgres_url()
+    yield url
+    drop_postgres_database(url)
+
+
+async def _store(url: str) -> Store:
+    db: Database = open_database(url)
+    await db.connect()
+    await migrate(db)
+    return Store(db)
+
+
+async def _in_progress_run(store: Store) -> dict[str, Any]:
+    thread = o.new_thread({})
+    await store.insert_thread(thread, [])
+    assistant = o.new_assistant({"model": "m"})
+    row = o.new_run_row(thread["id"], assistant, {}, 600)
+    await store.create_run(row, [])
+    run = await store.transition(row["id"], RunStatus.IN_PROGRESS)
+    assert run is not None
+    return run
+
+
+async def _race(url: str, rounds: int) -> list[tuple[bool, bool]]:
+    store = await _store(url)
+    results = []
+    try:
+        for _ in range(rounds):
+            run = await _in_progress_run(store)
+            done, cancelling = await asyncio.gather(
+                store.transition(run["id"], RunStatus.COMPLETED),
+                store.transition(run["id"], RunStatus.CANCELLING),
+            )
+            results.append((done is not None, cancelling is not None))
+            final = await store.get_run_by_id(run["id"])
+            assert final is not None
+            assert final["status"] == ("completed" if done is not None else "cancelling")
+    finally:
+        await store.db.close()
+    return results
+
+
+def test_completion_and_cancel_racing_yield_exactly_one_winner(database_url: str) -> None:
+    results = asyncio.run(_race(database_url, rounds=30))
+    assert all(a != b for a, b in results), results
+
+
+async def _double_claim(url: str) -> list[Any]:
+    store = await _store(url)
+    try:
+        thread = o.new_thread({})
+        await store.insert_thread(thread, [])
+        row = o.new_run_row(thread["id"], o.new_assistant({"model": "m"}), {}, 600)
+        await store.create_run(row, [])
+        return list(await asyncio.gather(*(store.claim_next_run(f"w{i}") for i in range(5))))
+    finally:
+        await store.db.close()
+
+
+def test_a_queued_run_is_claimed_by_one_worker_only(database_url: str) -> None:
+    claims = asyncio.run(_double_claim(database_url))
+    assert len([c for c in claims if c is not None]) == 1
+
+
+async def _terminal_releases_thread(url: str) -> tuple[str | None, str | None]:
+    store = await _store(url)
+    try:
+        run = await _in_progress_run(store)
+        locked = await store.db.fetchone("SELECT active_run_id FROM threads WHERE id = :t", t=run["thread_id"])
+        await store.transition(run["id"], RunStatus.COMPLETED)
+        free = await store.db.fetchone("SELECT active_run_id FROM threads WHERE id = :t", t=run["thread_id"])
+        assert locked is not None and free is not None
+        return locked["active_run_id"], free["active_run_id"]
+    finally:
+        await store.db.close()
+
+
+def test_reaching_a_terminal_status_releases_the_thread(database_url: str) -> None:
+    locked, free = asyncio.run(_terminal_releases_thread(database_url))
+    assert locked is not None and free is None

@@ -1,0 +1,55 @@
+"""The run state machine as data."""
+
+from __future__ import annotations
+
+from assistd.domain.run_state import (
+    ACTIVE,
+    CANCELLABLE,
+    STREAM_STOPS,
+    TERMINAL,
+    TRANSITIONS,
+    RunStatus,
+    can_transition,
+    cancel_target,
+    sources,
+)
+
+S = RunStatus
+
+
+def test_terminal_statuses_have_no_way_out() -> None:
+    assert TERMINAL == {S.CANCELLED, S.FAILED, S.COMPLETED, S.INCOMPLETE, S.EXPIRED}
+    for status in TERMINAL:
+        assert not TRANSITIONS[status]
+
+
+def test_active_statuses_are_the_ones_that_lock_a_thread() -> None:
+    assert ACTIVE == {S.QUEUED, S.IN_PROGRESS, S.REQUIRES_ACTION, S.CANCELLING}
+
+
+def test_only_an_in_progress_run_can_complete_or_go_incomplete() -> None:
+    assert sources(S.COMPLETED) == ("in_progress",)
+    assert sources(S.INCOMPLETE) == ("in_progress",)
+
+
+def test_a_cancelling_run_can_only_become_cancelled() -> None:
+    assert TRANSITIONS[S.CANCELLING] == {S.CANCELLED}
+    assert not can_transition(S.CANCELLING, S.COMPLETED)
+    assert not can_transition(S.CANCELLING, S.FAILED)
+
+
+def test_cancel_goes_through_cancelling_only_while_a_turn_runs() -> None:
+    assert CANCELLABLE == {S.QUEUED, S.IN_PROGRESS, S.REQUIRES_ACTION}
+    assert cancel_target(S.IN_PROGRESS) is S.CANCELLING
+    assert cancel_target(S.QUEUED) is S.CANCELLED
+    assert cancel_target(S.REQUIRES_ACTION) is S.CANCELLED
+    assert set(sources(S.CANCELLED)) == {"cancelling", "queued", "requires_action"}
+
+
+def test_tool_outputs_requeue_a_waiting_run() -> None:
+    assert can_transition(S.REQUIRES_ACTION, S.QUEUED)
+    assert sources(S.REQUIRES_ACTION) == ("in_progress",)
+
+
+def test_streams_stop_where_the_client_must_act_or_the_run_ended() -> None:
+    assert STREAM_STOPS == TERMINAL | {S.REQUIRES_ACTION}
