@@ -12,6 +12,7 @@ from assistd.domain import objects as o
 from assistd.domain.errors import invalid
 from assistd.domain.ids import now
 from assistd.domain.run_state import CANCELLABLE, RunStatus, cancel_target
+from assistd.execution.broker import Event
 from assistd.execution.runtime import Runtime
 from assistd.execution.settle import Settled, settle_in
 
@@ -35,9 +36,14 @@ def new_run(rt: Runtime, thread_id: str, assistant: Obj, params: Obj) -> tuple[O
     return row, extra
 
 
-def run_queued(rt: Runtime, run: Obj) -> None:
-    rt.broker.publish(run["id"], "thread.run.queued", run)
-    rt.signals.run_queued()
+def queued_events(run: Obj, completed_steps: list[Obj] | None = None) -> list[Event]:
+    """What a stream of a newly queued run starts with.
+
+    They are handed to the stream rather than published: published after the commit,
+    they could arrive behind a fast worker's `thread.run.in_progress`.
+    """
+    steps = [Event("thread.run.step.completed", step) for step in completed_steps or []]
+    return [*steps, Event("thread.run.queued", run)]
 
 
 # ---------------------------------------------------------------- cancel
@@ -111,9 +117,3 @@ async def submit_tool_outputs(rt: Runtime, thread_id: str, run_id: str, outputs:
         for step in completed:
             await rt.store.save_step(step, tx)
     return queued, completed
-
-
-def announce_outputs(rt: Runtime, run: Obj, steps: list[Obj]) -> None:
-    for step in steps:
-        rt.broker.publish(run["id"], "thread.run.step.completed", step)
-    run_queued(rt, run)

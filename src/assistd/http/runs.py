@@ -32,11 +32,10 @@ async def _start(rt: Runtime, run_id: str, stream: bool, insert: Awaitable[Obj],
         if sub is not None:
             sub.close()
         raise
-    commands.run_queued(rt, run)
+    rt.signals.run_queued()
     if sub is None:
         return ok(run)
-    # `thread.run.queued` was also published to `sub`; the first frames below come before it.
-    return stream_response(rt, sub, [*before, Event("thread.run.created", run)])
+    return stream_response(rt, sub, [*before, Event("thread.run.created", run), *commands.queued_events(run)])
 
 
 async def create(request: Request) -> Response:
@@ -100,12 +99,10 @@ async def submit_tool_outputs(request: Request) -> Response:
         if sub is not None:
             sub.close()
         raise
+    rt.signals.run_queued()
     if sub is None:
-        commands.announce_outputs(rt, run, steps)
         return ok(run)
-    # Published while subscribed, so the stream starts with the completed tool step.
-    commands.announce_outputs(rt, run, steps)
-    return stream_response(rt, sub, [])
+    return stream_response(rt, sub, commands.queued_events(run, steps))
 
 
 async def list_steps(request: Request) -> Response:
