@@ -109,9 +109,10 @@ class Store:
 
     async def delete_thread(self, thread_id: str) -> str | None:
         """Delete a thread with its messages and runs; returns the run that was active on it."""
-        row = await self.db.fetchone(
-            "DELETE FROM threads WHERE id = :id RETURNING active_run_id", id=thread_id
-        )
+        async with self.db.transaction() as tx:
+            row = await tx.fetchone(
+                "DELETE FROM threads WHERE id = :id RETURNING active_run_id", id=thread_id
+            )
         if row is None:
             raise not_found("thread", thread_id)
         return row["active_run_id"]  # type: ignore[no-any-return]
