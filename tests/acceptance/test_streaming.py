@@ -46,6 +46,9 @@ def test_event_handler_receives_every_event_in_order(client: openai.OpenAI, upst
     with client.beta.threads.runs.stream(thread_id=thread.id, assistant_id=asst.id, event_handler=handler) as stream:
         stream.until_done()
     assert handler.text == "One two three four."
+    # The SDK's snapshot (message.created plus every delta) must not count a piece twice.
+    snapshot = handler.get_final_messages()[0].content[0]
+    assert snapshot.type == "text" and snapshot.text.value == "One two three four."
     deltas = handler.events.count("thread.message.delta")
     assert deltas >= 2
     assert handler.events == TEXT_RUN_EVENTS + ["thread.message.delta"] * deltas + TEXT_RUN_END

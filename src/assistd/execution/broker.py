@@ -6,6 +6,7 @@ Publishing never blocks the run: each subscriber has its own unbounded queue.
 from __future__ import annotations
 
 import asyncio
+import json
 from collections import defaultdict
 from dataclasses import dataclass
 from typing import Any
@@ -13,6 +14,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class Event:
+    """One stream event; `data` is an object, or its JSON text once published."""
+
     event: str
     data: Any
 
@@ -46,8 +49,14 @@ class Broker:
                 del self._subscribers[sub.run_id]
 
     def publish(self, run_id: str, event: str, data: Any) -> None:
-        for queue in self._subscribers.get(run_id, ()):
-            queue.put_nowait(Event(event, data))
+        """Queue `data` as it is now: it is serialized here, because the run goes on changing
+        the objects it publishes (a message's text grows after its delta was sent)."""
+        subscribers = self._subscribers.get(run_id)
+        if not subscribers:
+            return
+        frozen = Event(event, json.dumps(data, separators=(",", ":"), ensure_ascii=False))
+        for queue in subscribers:
+            queue.put_nowait(frozen)
 
 
 class Signals:
