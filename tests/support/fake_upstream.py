@@ -1,12 +1,26 @@
 """A scripted fake Chat Completions upstream: a real HTTP server on 127.0.0.1.
 
-It speaks the streaming wire format (`data: {chat.completion.chunk}` … `data: [DONE]`),
-serves scripted replies (text at a chosen pace, tool calls, `finish_reason: length`, HTTP
-errors, dropped connections) and logs every request with when and how it ended — in
-particular when the client (assistd) closed the connection, which is what a cancel must do.
+It speaks OpenAI's streaming wire format (`data: {chat.completion.chunk}` … `data: [DONE]`),
+serves scripted replies (text at a chosen pace, parallel tool calls, `finish_reason: length`,
+HTTP errors, dropped connections, hangs) and logs every request with when and how it ended —
+in particular the moment the client (assistd) closed the connection, which is what a cancel
+must cause.
+
+In tests::
+
+    with FakeUpstream() as up:
+        up.on("weather", Reply.tool_calls([("get_weather", '{"city": "Paris"}')]))
+        ...  # point a client at up.base_url
+        up.wait_for_outcome(0, "completed")
 
 Run on its own for benchmarks: `python -m tests.support.fake_upstream --port 0 --tokens 50
---chunk-delay 0.02` prints `READY <base_url>` and answers every request with that reply.
+--chunk-delay 0.02` prints `READY <base_url>` and streams that reply for every request;
+`GET /stats` and `GET /log?since=K` report what happened.
+
+Every response is `Connection: close`: one TCP connection carries one request, so the client
+closing its end shows up as EOF on that socket, which is watched while the reply is sent.
+Streams use chunked transfer encoding, so a dropped connection is a broken body to the client
+(httpx raises RemoteProtocolError, which the SDK turns into openai.APIConnectionError).
 """
 
 from __future__ import annotations
@@ -14,120 +28,190 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http
 import json
+import secrets
 import threading
 import time
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any, Self
+from urllib.parse import parse_qs, urlsplit
 
 Obj = dict[str, Any]
+OUTCOMES = ("completed", "client_closed", "dropped", "error")
+
+
+# ---------------------------------------------------------------- the script
 
 
 @dataclass(frozen=True)
 class Reply:
-    kind: str  # text | tool_calls | error | drop
-    chunks: tuple[str, ...] = ()
-    calls: tuple[tuple[str, str], ...] = ()
+    """One scripted answer. Build it with the constructors, not the fields."""
+
+    kind: str  # text | tool_calls | error | drop | hang | stream_error
+    chunks: tuple[str, ...] = ()  # content deltas (for tool_calls: text sent before the calls)
+    calls: tuple[tuple[str, str], ...] = ()  # (function name, arguments JSON)
     chunk_delay: float = 0.0
-    finish_reason: str = "stop"
+    finish_reason: str | None = "stop"
     status: int = 200
     message: str = ""
-    usage: Obj | None = None
+    error_type: str | None = None
+    error_code: str | None = None
+    usage: Obj | None = None  # overrides prompt_tokens / completion_tokens
+    before_headers: bool = False  # hang: send nothing at all
 
     @staticmethod
-    def text(text: str, *, chunk_delay: float = 0.0, chunks: list[str] | None = None,
-             finish_reason: str = "stop", usage: Obj | None = None) -> Reply:
-        """Text split into word chunks (spaces kept), streamed `chunk_delay` apart."""
-        parts = chunks if chunks is not None else _words(text)
-        return Reply("text", tuple(parts), chunk_delay=chunk_delay, finish_reason=finish_reason, usage=usage)
+    def text(text: str = "", *, chunk_delay: float = 0.0, chunks: list[str] | None = None,
+             finish_reason: str | None = "stop", usage: Obj | None = None) -> Reply:
+        """Text streamed as word chunks (spaces kept), `chunk_delay` seconds apart.
+
+        `chunks` gives the exact deltas instead; `finish_reason=None` ends the stream with
+        [DONE] but no finish chunk (a truncated completion).
+        """
+        parts = tuple(chunks) if chunks is not None else tuple(split_words(text))
+        return Reply("text", parts, chunk_delay=chunk_delay, finish_reason=finish_reason, usage=usage)
 
     @staticmethod
-    def tool_calls(calls: list[tuple[str, str]], *, usage: Obj | None = None, chunk_delay: float = 0.0) -> Reply:
-        return Reply("tool_calls", calls=tuple(calls), finish_reason="tool_calls", usage=usage, chunk_delay=chunk_delay)
+    def tool_calls(calls: Iterable[tuple[str, str]], *, text: str = "", chunk_delay: float = 0.0,
+                   usage: Obj | None = None) -> Reply:
+        """Parallel function calls (ids `call_…`, arguments in two pieces), optionally after text."""
+        return Reply("tool_calls", tuple(split_words(text)) if text else (), calls=tuple(calls),
+                     chunk_delay=chunk_delay, finish_reason="tool_calls", usage=usage)
 
     @staticmethod
-    def error(status: int, message: str = "scripted upstream error") -> Reply:
-        return Reply("error", status=status, message=message)
+    def error(status: int, message: str = "scripted upstream error", *, type: str | None = None,
+              code: str | None = None) -> Reply:
+        """An HTTP error with OpenAI's envelope `{"error": {message, type, param, code}}`."""
+        return Reply("error", status=status, message=message, error_type=type, error_code=code,
+                     finish_reason=None)
 
     @staticmethod
-    def drop(after_chunks: int = 1) -> Reply:
-        return Reply("drop", chunks=tuple(f"part{i} " for i in range(after_chunks)))
+    def drop(after_chunks: int = 1, *, chunk_delay: float = 0.0) -> Reply:
+        """Stream `after_chunks` content chunks, then abort the TCP connection (no [DONE])."""
+        return Reply("drop", tuple(f"part{i} " for i in range(after_chunks)), chunk_delay=chunk_delay,
+                     finish_reason=None)
+
+    @staticmethod
+    def hang(*, after_chunks: int = 0, before_headers: bool = False) -> Reply:
+        """Send `after_chunks` content chunks (or no headers at all), then wait for the client to leave."""
+        return Reply("hang", tuple(f"part{i} " for i in range(after_chunks)), finish_reason=None,
+                     before_headers=before_headers)
+
+    @staticmethod
+    def stream_error(after_chunks: int = 1, message: str = "scripted stream error") -> Reply:
+        """Stream some chunks, then a `data: {"error": …}` event, as OpenAI does on mid-stream failures."""
+        return Reply("stream_error", tuple(f"part{i} " for i in range(after_chunks)), message=message,
+                     error_type="server_error", finish_reason=None)
 
 
-def _words(text: str) -> list[str]:
+def split_words(text: str) -> list[str]:
+    """"a b c" → ["a ", "b ", "c"]: token-ish chunks that join back to the text."""
+    if not text:
+        return []
     words = text.split(" ")
-    return [w + " " for w in words[:-1]] + [words[-1]] if words else []
+    return [w + " " for w in words[:-1]] + [words[-1]] if words[-1] else [w + " " for w in words[:-1]]
+
+
+def message_text(content: Any) -> str:
+    """A message's content as text: a string, or the text of `{type: "text", text}` parts."""
+    if isinstance(content, list):
+        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
+    return "" if content is None else str(content)
+
+
+def last_message_text(body: Obj) -> str:
+    messages = body.get("messages") or [{}]
+    last = messages[-1] if isinstance(messages[-1], dict) else {}
+    return message_text(last.get("content"))
+
+
+# ---------------------------------------------------------------- the log
 
 
 @dataclass
 class RequestRecord:
+    """One chat completion request; `*_at` are time.monotonic(), `*_wall` time.time()."""
+
+    index: int
     body: Obj
     headers: dict[str, str]
-    marker: str
+    marker: str  # the last message's content: what rules match against
     started_at: float
     started_wall: float
     ended_at: float | None = None
     ended_wall: float | None = None
-    outcome: str | None = None  # completed | client_closed | dropped | error
+    outcome: str | None = None  # completed | client_closed | dropped | error (None: still open)
     chunks_sent: int = 0
+    reply_kind: str = ""
+    done: threading.Event = field(default_factory=threading.Event, repr=False, compare=False)
 
     def end(self, outcome: str) -> None:
+        """Record the first way the request ended (later ones are consequences of it)."""
         if self.outcome is None:
-            self.outcome = outcome
             self.ended_at = time.monotonic()
             self.ended_wall = time.time()
+            self.outcome = outcome
+            self.done.set()
 
     def summary(self) -> Obj:
         return {
-            "marker": self.marker, "outcome": self.outcome, "chunks_sent": self.chunks_sent,
+            "index": self.index, "marker": self.marker, "outcome": self.outcome,
+            "reply": self.reply_kind, "stream": bool(self.body.get("stream")),
+            "model": self.body.get("model"), "chunks_sent": self.chunks_sent,
             "started_at": self.started_at, "started_wall": self.started_wall,
             "ended_at": self.ended_at, "ended_wall": self.ended_wall,
         }
 
 
-def last_message_text(body: Obj) -> str:
-    messages = body.get("messages") or [{}]
-    content = messages[-1].get("content") or ""
-    if isinstance(content, list):
-        return " ".join(str(p.get("text", "")) for p in content if isinstance(p, dict))
-    return str(content)
-
-
-class ClientGone(Exception):
-    pass
+# ---------------------------------------------------------------- the server
 
 
 class FakeUpstream:
-    """The server, its script (rules and a queue) and its request log. Thread-safe."""
+    """The server, its script (rules, then a queue, then `default`) and its request log.
+
+    The server runs on its own event loop in a background thread; the script and the log may be
+    used from any thread.
+    """
 
     def __init__(self, default: Reply | None = None) -> None:
         self.default = default or Reply.text("ok")
         self._lock = threading.Lock()
         self._rules: list[tuple[str, list[Reply]]] = []
         self._queue: list[Reply] = []
-        self.requests: list[RequestRecord] = []
+        self._requests: list[RequestRecord] = []
+        self._total = 0  # requests ever received (indexes keep growing across reset())
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.base_events.Server | None = None
+        self._server: asyncio.Server | None = None
         self._thread: threading.Thread | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
         self.port = 0
 
     # ------------------------------------------------------------ script
 
     def on(self, trigger: str, reply: Reply | list[Reply]) -> None:
-        """Answer requests whose last message contains `trigger` (a list: one after another)."""
-        replies = reply if isinstance(reply, list) else [reply]
-        with self._lock:
-            self._rules.append((trigger, list(replies)))
+        """Answer requests whose last message contains `trigger`.
 
-    def enqueue(self, reply: Reply) -> None:
+        With a list, successive matching requests take successive replies and the last one
+        repeats. Rules are tried in the order they were added.
+        """
+        replies = list(reply) if isinstance(reply, list) else [reply]
+        if not replies:
+            raise ValueError("on() needs at least one reply")
         with self._lock:
-            self._queue.append(reply)
+            self._rules.append((trigger, replies))
+
+    def enqueue(self, *replies: Reply) -> None:
+        """Replies for requests no rule matches, first in first out."""
+        with self._lock:
+            self._queue.extend(replies)
 
     def reset(self) -> None:
+        """Forget rules, queue and log (the default reply stays)."""
         with self._lock:
             self._rules.clear()
             self._queue.clear()
-            self.requests.clear()
+            self._requests.clear()
 
     def _pick(self, marker: str) -> Reply:
         with self._lock:
@@ -136,23 +220,66 @@ class FakeUpstream:
                     return replies.pop(0) if len(replies) > 1 else replies[0]
             return self._queue.pop(0) if self._queue else self.default
 
-    # ------------------------------------------------------------ waiting
+    # ------------------------------------------------------------ the log
 
-    def wait_for_requests(self, n: int, timeout: float = 10.0) -> None:
+    @property
+    def requests(self) -> list[RequestRecord]:
+        """A snapshot of the log since the last reset(), oldest first."""
+        with self._lock:
+            return list(self._requests)
+
+    def _log(self, body: Obj, headers: dict[str, str]) -> RequestRecord:
+        with self._lock:
+            record = RequestRecord(self._total, body, headers, last_message_text(body),
+                                   time.monotonic(), time.time())
+            self._total += 1
+            self._requests.append(record)
+            return record
+
+    def requests_matching(self, trigger: str) -> list[RequestRecord]:
+        return [r for r in self.requests if trigger in r.marker]
+
+    def wait_for_requests(self, n: int, timeout: float = 10.0) -> list[RequestRecord]:
+        """Wait until at least `n` requests have arrived; return the log."""
         deadline = time.monotonic() + timeout
-        while len(self.requests) < n:
+        while len(log := self.requests) < n:
             if time.monotonic() > deadline:
-                raise AssertionError(f"expected {n} upstream requests, got {len(self.requests)}")
-            time.sleep(0.005)
+                raise AssertionError(f"expected {n} upstream requests within {timeout}s, got {len(log)}")
+            time.sleep(0.002)
+        return log
 
-    def wait_for_outcome(self, index: int, outcome: str, timeout: float = 10.0) -> RequestRecord:
-        self.wait_for_requests(index + 1, timeout)
-        record = self.requests[index]
+    def wait_for_outcome(self, index: int | str, outcome: str, timeout: float = 10.0) -> RequestRecord:
+        """Wait for request `index` (or the first whose last message contains the string) to end.
+
+        Raises AssertionError if it ends otherwise than `outcome`, or not within `timeout`.
+        """
         deadline = time.monotonic() + timeout
-        while record.outcome is None and time.monotonic() < deadline:
-            time.sleep(0.005)
-        assert record.outcome == outcome, f"request {index} ended {record.outcome!r}, expected {outcome!r}"
+        record = self._await_record(index, deadline)
+        if not record.done.wait(max(0.0, deadline - time.monotonic())):
+            raise AssertionError(f"upstream request {index!r} still open after {timeout}s "
+                                 f"({record.chunks_sent} chunks sent)")
+        assert record.outcome == outcome, f"upstream request {index!r} ended {record.outcome!r}, expected {outcome!r}"
         return record
+
+    def _await_record(self, index: int | str, deadline: float) -> RequestRecord:
+        while True:
+            log = self.requests
+            if isinstance(index, int) and len(log) > index:
+                return log[index]
+            if isinstance(index, str):
+                found = [r for r in log if index in r.marker]
+                if found:
+                    return found[0]
+            if time.monotonic() > deadline:
+                raise AssertionError(f"no upstream request {index!r} arrived ({len(log)} requests)")
+            time.sleep(0.002)
+
+    def stats(self) -> Obj:
+        log = self.requests
+        counts = {outcome: 0 for outcome in ("open", *OUTCOMES)}
+        for record in log:
+            counts[record.outcome or "open"] += 1
+        return {"requests": len(log), **counts}
 
     # ------------------------------------------------------------ lifecycle
 
@@ -160,13 +287,21 @@ class FakeUpstream:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/v1"
 
-    def start(self) -> FakeUpstream:
+    def start(self) -> Self:
+        """Serve on an ephemeral port from a background thread."""
         ready = threading.Event()
+        failure: list[BaseException] = []
 
         def run() -> None:
             loop = asyncio.new_event_loop()
             self._loop = loop
-            self._server = loop.run_until_complete(self.serve(0))
+            try:
+                self._server = loop.run_until_complete(self.serve(0))
+            except BaseException as exc:  # noqa: BLE001 — handed to the starting thread
+                failure.append(exc)
+                ready.set()
+                loop.close()
+                return
             ready.set()
             loop.run_forever()
             loop.run_until_complete(loop.shutdown_asyncgens())
@@ -174,211 +309,327 @@ class FakeUpstream:
 
         self._thread = threading.Thread(target=run, name="fake-upstream", daemon=True)
         self._thread.start()
-        ready.wait(10)
+        if not ready.wait(10):
+            raise RuntimeError("fake upstream did not start")
+        if failure:
+            raise failure[0]
         return self
 
     def stop(self) -> None:
-        loop, server = self._loop, self._server
-        if loop is None or server is None:
+        loop, thread = self._loop, self._thread
+        if loop is None or thread is None or loop.is_closed():
             return
-
-        async def close() -> None:
-            server.close()
-            for task in asyncio.all_tasks():
-                if task is not asyncio.current_task():
-                    task.cancel()
-
-        asyncio.run_coroutine_threadsafe(close(), loop).result(5)
+        with contextlib.suppress(Exception):
+            asyncio.run_coroutine_threadsafe(self._shutdown(), loop).result(5)
         loop.call_soon_threadsafe(loop.stop)
-        if self._thread is not None:
-            self._thread.join(5)
+        thread.join(5)
+        self._loop = self._thread = self._server = None
 
-    def __enter__(self) -> FakeUpstream:
+    async def _shutdown(self) -> None:
+        if self._server is not None:
+            self._server.close()
+        handlers = list(self._handlers)
+        for task in handlers:
+            task.cancel()
+        await asyncio.gather(*handlers, return_exceptions=True)
+
+    def __enter__(self) -> Self:
         return self.start()
 
     def __exit__(self, *_: object) -> None:
         self.stop()
 
-    async def serve(self, port: int) -> asyncio.base_events.Server:
-        server = await asyncio.start_server(self._handle, "127.0.0.1", port, backlog=4096, limit=2**20)
+    async def serve(self, port: int, host: str = "127.0.0.1") -> asyncio.Server:
+        """Listen on the running loop (the CLI uses this directly)."""
+        # A deep backlog: benchmarks open 1000+ streams at once.
+        server = await asyncio.start_server(self._handle, host, port, backlog=4096, limit=2**22)
         self.port = server.sockets[0].getsockname()[1]
         return server
 
     # ------------------------------------------------------------ HTTP
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
         try:
-            method, path, headers, body = await _read_request(reader)
-        except (asyncio.IncompleteReadError, ConnectionError, ValueError):
+            request = await _read_request(reader)
+            await self._route(*request, reader, writer)
+        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, ConnectionError, ValueError):
+            pass  # a client that went away, or was not speaking HTTP/1.1
+        finally:
+            self._handlers.discard(task)
             writer.close()
-            return
-        try:
-            await self._route(method, path, headers, body, reader, writer)
-        except (ConnectionError, ClientGone):
-            pass
-        finally:
-            with contextlib.suppress(Exception):
-                writer.close()
 
-    async def _route(self, method: str, path: str, headers: dict[str, str], body: bytes,
+    async def _route(self, method: str, target: str, headers: dict[str, str], body: bytes,
                      reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if method == "GET" and path.startswith("/stats"):
+        url = urlsplit(target)
+        path = url.path.rstrip("/")
+        if method == "GET" and path == "/stats":
             return await _send_json(writer, 200, self.stats())
-        if method == "GET" and path.startswith("/log"):
-            since = int(path.partition("since=")[2] or 0)
+        if method == "GET" and path == "/log":
+            since = int(parse_qs(url.query).get("since", ["0"])[0])
             return await _send_json(writer, 200, [r.summary() for r in self.requests[since:]])
-        if method != "POST" or not path.rstrip("/").endswith("/chat/completions"):
-            return await _send_json(writer, 404, {"error": {"message": "not found", "type": "invalid_request_error"}})
+        if path not in ("/v1/chat/completions", "/chat/completions"):
+            return await _send_json(writer, 404, _error_body(404, f"no route {method} {path}"))
+        if method != "POST":
+            return await _send_json(writer, 405, _error_body(405, f"{method} not allowed"))
         try:
-            parsed: Obj = json.loads(body)
-        except json.JSONDecodeError:
-            return await _send_json(writer, 400, {"error": {"message": "bad json", "type": "invalid_request_error"}})
-        record = RequestRecord(parsed, headers, last_message_text(parsed), time.monotonic(), time.time())
-        self.requests.append(record)
+            parsed = json.loads(body)
+            if not isinstance(parsed, dict):
+                raise TypeError("not an object")
+        except (ValueError, TypeError):
+            return await _send_json(writer, 400, _error_body(400, "We could not parse the JSON body."))
+        record = self._log(parsed, headers)
         reply = self._pick(record.marker)
-        await self._answer(record, reply, reader, writer)
+        record.reply_kind = reply.kind
+        await _respond(record, reply, reader, writer)
 
-    def stats(self) -> Obj:
-        outcomes: dict[str, int] = {}
-        for r in self.requests:
-            outcomes[r.outcome or "open"] = outcomes.get(r.outcome or "open", 0) + 1
-        return {"requests": len(self.requests), **outcomes}
 
-    async def _answer(self, record: RequestRecord, reply: Reply, reader: asyncio.StreamReader,
-                      writer: asyncio.StreamWriter) -> None:
-        if reply.kind == "error":
-            record.end("error")
-            error = {"error": {"message": reply.message, "type": "server_error" if reply.status >= 500 else "invalid_request_error",
-                               "param": None, "code": None}}
-            return await _send_json(writer, reply.status, error)
-        if not record.body.get("stream"):
-            record.end("completed")
-            return await _send_json(writer, 200, _completion(record.body, reply))
-        watcher = asyncio.ensure_future(reader.read(1))  # EOF here = the client went away
-        try:
-            await self._stream(record, reply, writer, watcher)
-        except (ConnectionError, ClientGone):
+# ---------------------------------------------------------------- answering
+
+
+async def _respond(record: RequestRecord, reply: Reply, reader: asyncio.StreamReader,
+                   writer: asyncio.StreamWriter) -> None:
+    """Send the reply while watching the socket: EOF from the client ends it as client_closed."""
+    gone = asyncio.ensure_future(_until_eof(reader))
+    send = asyncio.ensure_future(_send_reply(record, reply, writer))
+    try:
+        await asyncio.wait({gone, send}, return_when=asyncio.FIRST_COMPLETED)
+        if not send.done():
             record.end("client_closed")
-        finally:
-            watcher.cancel()
+        else:
+            try:
+                send.result()
+            except ConnectionError:
+                record.end("client_closed")  # a write hit the closed socket before EOF was read
+            except Exception:
+                record.end("error")  # a bug here: end the record rather than leave waiters hanging
+                raise
+    finally:
+        gone.cancel()
+        send.cancel()
+        await asyncio.gather(gone, send, return_exceptions=True)
 
-    async def _stream(self, record: RequestRecord, reply: Reply, writer: asyncio.StreamWriter,
-                      watcher: asyncio.Future[bytes]) -> None:
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nCache-Control: no-cache\r\n"
-                     b"Connection: close\r\n\r\n")
-        for chunk in _chunks(record.body, reply):
-            if watcher.done():
-                raise ClientGone()
-            if reply.kind == "drop" and record.chunks_sent >= len(reply.chunks):
-                record.end("dropped")
-                writer.transport.abort()
-                return
-            writer.write(b"data: " + json.dumps(chunk).encode() + b"\n\n")
-            await writer.drain()
-            record.chunks_sent += 1
-            if reply.chunk_delay:
-                await asyncio.wait({watcher}, timeout=reply.chunk_delay)
-        if watcher.done():
-            raise ClientGone()
-        writer.write(b"data: [DONE]\n\n")
+
+async def _until_eof(reader: asyncio.StreamReader) -> None:
+    """Return when the client closes its end (it sends nothing more after its one request)."""
+    with contextlib.suppress(ConnectionError):
+        while await reader.read(65536):
+            pass
+
+
+async def _send_reply(record: RequestRecord, reply: Reply, writer: asyncio.StreamWriter) -> None:
+    if reply.kind == "hang" and reply.before_headers:
+        await asyncio.Future()  # until the client leaves
+    if reply.kind == "error":
+        await _send_json(writer, reply.status, _error_body(reply.status, reply.message, reply.error_type,
+                                                           reply.error_code))
+        record.end("error")
+        return
+    if not record.body.get("stream"):
+        return await _send_completion(record, reply, writer)
+    await _send_stream(record, reply, writer)
+
+
+async def _send_completion(record: RequestRecord, reply: Reply, writer: asyncio.StreamWriter) -> None:
+    if reply.kind == "drop":
+        record.end("dropped")
+        writer.close()  # no response at all
+        return
+    if reply.kind in ("hang", "stream_error"):
+        await asyncio.sleep(reply.chunk_delay * len(reply.chunks))
+        if reply.kind == "hang":
+            await asyncio.Future()
+        await _send_json(writer, 500, _error_body(500, reply.message))
+        record.end("error")
+        return
+    await asyncio.sleep(reply.chunk_delay * len(reply.chunks))
+    await _send_json(writer, 200, _completion(record.body, reply))
+    record.end("completed")
+
+
+async def _send_stream(record: RequestRecord, reply: Reply, writer: asyncio.StreamWriter) -> None:
+    # Chunked transfer encoding, so that a connection closed before the final empty chunk is a
+    # broken body to the client (a plain EOF-delimited body would just look finished).
+    writer.write(_head(200, "text/event-stream; charset=utf-8", chunked=True))
+    frames = _Frames(record.body)
+    for delta, opening in _deltas(reply):
+        if reply.chunk_delay and record.chunks_sent:
+            await asyncio.sleep(reply.chunk_delay)
+        if writer.transport.is_closing():
+            raise ConnectionResetError("the client went away")  # before EOF was read
+        writer.write(_chunked(frames.delta(delta)))
         await writer.drain()
-        record.end("completed")
-
-
-# ---------------------------------------------------------------- wire format
-
-
-async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes]:
-    head = await reader.readuntil(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    method, path, _ = lines[0].split(" ", 2)
-    headers = {}
-    for line in lines[1:]:
-        if ":" in line:
-            name, _, value = line.partition(":")
-            headers[name.strip().lower()] = value.strip()
-    length = int(headers.get("content-length", "0"))
-    body = await reader.readexactly(length) if length else b""
-    return method, path, headers, body
-
-
-async def _send_json(writer: asyncio.StreamWriter, status: int, payload: Any) -> None:
-    data = json.dumps(payload).encode()
-    writer.write(
-        f"HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n"
-        f"Connection: close\r\n\r\n".encode() + data
-    )
+        record.chunks_sent += not opening
+    if reply.kind == "drop":
+        record.end("dropped")
+        writer.close()  # flushes what was written, then FIN without the last chunk nor [DONE]
+        return
+    if reply.kind == "hang":
+        await asyncio.Future()  # until the client leaves
+    if reply.kind == "stream_error":
+        writer.write(_chunked(b"data: " + json.dumps(_error_body(500, reply.message)).encode() + b"\n\n"))
+        writer.write(_chunked(b""))
+        await writer.drain()
+        record.end("error")
+        return
+    if reply.finish_reason is not None:
+        writer.write(_chunked(frames.delta({}, reply.finish_reason)))
+    if frames.include_usage:
+        writer.write(_chunked(frames.usage(_usage(record.body, reply))))
+    writer.write(_chunked(b"data: [DONE]\n\n") + _chunked(b""))
     await writer.drain()
+    record.end("completed")
 
 
-def _usage(body: Obj, reply: Reply, completion: int) -> Obj:
-    prompt = sum(len(str(m.get("content") or "")) for m in body.get("messages", [])) // 4 + 1
-    usage = {"prompt_tokens": prompt, "completion_tokens": completion}
+def _deltas(reply: Reply) -> list[tuple[Obj, bool]]:
+    """The choice deltas of a streamed reply, each flagged if it is the bare opening one.
+
+    As OpenAI does: a text stream opens with `{role, content: ""}` alone; a tool-call-only
+    stream carries the role on its first call's delta (id, type, name, empty arguments), and
+    the arguments follow in pieces.
+    """
+    opening: Obj = {"role": "assistant", "content": "", "refusal": None}
+    out: list[tuple[Obj, bool]] = [(opening, True)] if reply.chunks or not reply.calls else []
+    out += [({"content": c}, False) for c in reply.chunks]
+    for index, call_id, name, pieces in _tool_pieces(reply.calls):
+        first: Obj = {"tool_calls": [{"index": index, "id": call_id, "type": "function",
+                                      "function": {"name": name, "arguments": ""}}]}
+        if not out:
+            first = {"role": "assistant", "content": None, "refusal": None, **first}
+        out.append((first, False))
+        out += [({"tool_calls": [{"index": index, "function": {"arguments": p}}]}, False) for p in pieces]
+    return out
+
+
+def _tool_pieces(calls: tuple[tuple[str, str], ...]) -> list[tuple[int, str, str, list[str]]]:
+    """Per call: index, a fresh id, name, and its arguments cut in two pieces."""
+    out = []
+    for index, (name, arguments) in enumerate(calls):
+        half = len(arguments) // 2
+        pieces = [p for p in (arguments[:half], arguments[half:]) if p]
+        out.append((index, "call_" + secrets.token_hex(12), name, pieces))
+    return out
+
+
+class _Frames:
+    """Encodes the chunks of one stream; the envelope is fixed, only the choice varies."""
+
+    def __init__(self, body: Obj) -> None:
+        self.include_usage = bool((body.get("stream_options") or {}).get("include_usage"))
+        envelope = {"id": "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion.chunk",
+                    "created": int(time.time()), "model": body.get("model") or "fake-model",
+                    "system_fingerprint": "fp_fake"}
+        self._prefix = b"data: " + json.dumps(envelope).encode()[:-1]  # without the closing brace
+        # With include_usage, OpenAI sends `usage: null` on every chunk but the last.
+        self._suffix = b', "usage": null}\n\n' if self.include_usage else b"}\n\n"
+
+    def delta(self, delta: Obj, finish_reason: str | None = None) -> bytes:
+        choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}
+        return self._prefix + b', "choices": [' + json.dumps(choice).encode() + b"]" + self._suffix
+
+    def usage(self, usage: Obj) -> bytes:
+        return self._prefix + b', "choices": [], "usage": ' + json.dumps(usage).encode() + b"}\n\n"
+
+
+def _usage(body: Obj, reply: Reply) -> Obj:
+    """Deterministic counts: prompt = characters of all contents // 4 + 1; completion = pieces sent."""
+    chars = sum(len(message_text(m.get("content"))) for m in body.get("messages") or [] if isinstance(m, dict))
+    completion = len(reply.chunks) + sum(1 + len(p) for *_, p in _tool_pieces(reply.calls))
+    usage = {"prompt_tokens": chars // 4 + 1, "completion_tokens": completion}
     usage.update(reply.usage or {})
     usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     return usage
 
 
-def _chunk(body: Obj, delta: Obj, finish: str | None = None) -> Obj:
-    return {"id": "chatcmpl-fake", "object": "chat.completion.chunk", "created": int(time.time()),
-            "model": body.get("model", "fake"), "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
-
-
-def _tool_pieces(calls: tuple[tuple[str, str], ...]) -> list[Obj]:
-    pieces: list[Obj] = []
-    for index, (name, arguments) in enumerate(calls):
-        half = len(arguments) // 2
-        pieces.append({"tool_calls": [{"index": index, "id": f"call_fake{index}", "type": "function",
-                                        "function": {"name": name, "arguments": ""}}]})
-        for part in (arguments[:half], arguments[half:]):
-            pieces.append({"tool_calls": [{"index": index, "function": {"arguments": part}}]})
-    return pieces
-
-
-def _chunks(body: Obj, reply: Reply) -> list[Obj]:
-    deltas = _tool_pieces(reply.calls) if reply.kind == "tool_calls" else [{"content": c} for c in reply.chunks]
-    if deltas:
-        deltas[0] = {"role": "assistant", **deltas[0]}
-    chunks = [_chunk(body, d) for d in deltas]
-    if reply.kind == "drop":
-        return chunks + [_chunk(body, {"content": "never sent"})]
-    chunks.append(_chunk(body, {}, reply.finish_reason))
-    if (body.get("stream_options") or {}).get("include_usage"):
-        usage = _usage(body, reply, len(deltas))
-        chunks.append({**_chunk(body, {}), "choices": [], "usage": usage})
-    return chunks
-
-
 def _completion(body: Obj, reply: Reply) -> Obj:
-    message: Obj = {"role": "assistant", "content": "".join(reply.chunks) or None}
-    if reply.kind == "tool_calls":
-        message["tool_calls"] = [{"id": f"call_fake{i}", "type": "function", "function": {"name": n, "arguments": a}}
-                                 for i, (n, a) in enumerate(reply.calls)]
-    return {"id": "chatcmpl-fake", "object": "chat.completion", "created": int(time.time()),
-            "model": body.get("model", "fake"),
-            "choices": [{"index": 0, "message": message, "finish_reason": reply.finish_reason}],
-            "usage": _usage(body, reply, len(reply.chunks))}
+    message: Obj = {"role": "assistant", "content": "".join(reply.chunks) or None, "refusal": None}
+    if reply.calls:
+        message["tool_calls"] = [{"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
+                                 for (_, call_id, name, _), (_, args) in zip(_tool_pieces(reply.calls), reply.calls)]
+    return {"id": "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion", "created": int(time.time()),
+            "model": body.get("model") or "fake-model", "system_fingerprint": "fp_fake",
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}],
+            "usage": _usage(body, reply)}
+
+
+def _error_body(status: int, message: str, type: str | None = None, code: str | None = None) -> Obj:
+    """OpenAI's error envelope, with the type/code OpenAI uses for that status by default."""
+    default_type, default_code = {
+        401: ("invalid_request_error", "invalid_api_key"),
+        404: ("invalid_request_error", "model_not_found"),
+        429: ("requests", "rate_limit_exceeded"),
+    }.get(status, ("server_error" if status >= 500 else "invalid_request_error", None))
+    return {"error": {"message": message, "type": type or default_type, "param": None,
+                      "code": code if code is not None else default_code}}
+
+
+# ---------------------------------------------------------------- HTTP/1.1, minimal
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[str, str, dict[str, str], bytes]:
+    head = await reader.readuntil(b"\r\n\r\n")
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = lines[0].split(" ", 2)
+    headers: dict[str, str] = {}
+    for line in lines[1:]:
+        if ":" in line:
+            name, _, value = line.partition(":")
+            headers[name.strip().lower()] = value.strip()
+    if headers.get("transfer-encoding", "").lower() == "chunked":
+        return method, target, headers, await _read_chunked(reader)
+    length = int(headers.get("content-length", "0"))
+    return method, target, headers, await reader.readexactly(length) if length else b""
+
+
+async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
+    body = bytearray()
+    while size := int((await reader.readuntil(b"\r\n")).split(b";")[0], 16):
+        body += await reader.readexactly(size)
+        await reader.readexactly(2)
+    await reader.readuntil(b"\r\n")  # the empty trailer section
+    return bytes(body)
+
+
+def _head(status: int, content_type: str, length: int = 0, *, chunked: bool = False) -> bytes:
+    lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}", f"Content-Type: {content_type}",
+             "Cache-Control: no-cache", "Connection: close", "x-request-id: req_" + secrets.token_hex(8),
+             "Transfer-Encoding: chunked" if chunked else f"Content-Length: {length}"]
+    return ("\r\n".join(lines) + "\r\n\r\n").encode()
+
+
+def _chunked(data: bytes) -> bytes:
+    """One chunk of a chunked body; empty data makes the terminating chunk."""
+    return b"%x\r\n%s\r\n" % (len(data), data)
+
+
+async def _send_json(writer: asyncio.StreamWriter, status: int, payload: Any) -> None:
+    data = json.dumps(payload).encode()
+    writer.write(_head(status, "application/json", len(data)) + data)
+    await writer.drain()
 
 
 # ---------------------------------------------------------------- standalone
 
 
-async def _main(port: int, tokens: int, delay: float) -> None:
+async def _main(host: str, port: int, tokens: int, delay: float) -> None:
     upstream = FakeUpstream(Reply.text(" ".join(f"tok{i}" for i in range(tokens)), chunk_delay=delay))
-    server = await upstream.serve(port)
-    print(f"READY {upstream.base_url}", flush=True)
+    server = await upstream.serve(port, host)
+    print(f"READY http://{host}:{upstream.port}/v1", flush=True)
     async with server:
         await server.serve_forever()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--tokens", type=int, default=50)
-    parser.add_argument("--chunk-delay", type=float, default=0.02)
-    args = parser.parse_args()
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Fake OpenAI Chat Completions upstream for benchmarks.")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=0, help="0 picks a free port (see the READY line)")
+    parser.add_argument("--tokens", type=int, default=50, help="content chunks per streamed reply")
+    parser.add_argument("--chunk-delay", type=float, default=0.02, help="seconds between chunks")
+    args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_main(args.port, args.tokens, args.chunk_delay))
+        asyncio.run(_main(args.host, args.port, args.tokens, args.chunk_delay))
 
 
 if __name__ == "__main__":
