@@ -1,0 +1,119 @@
+"""Run every benchmark, one after the other, and rewrite bench/RESULTS.md with this run's figures.
+
+`python -m bench.run_all [--skip-postgres]`. Each benchmark has its own time limit; a
+benchmark that fails is reported as failed and the rest still run; a benchmark that
+would start after BUDGET seconds is skipped.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import os
+import platform
+import subprocess
+import time
+import traceback
+from collections.abc import Callable
+from importlib import metadata
+from pathlib import Path
+
+from bench import cancel_latency, concurrent_1000, first_delta, get_run_rps
+from bench.common import ROOT, main, markdown_of, note_foreign_load
+
+BUDGET = 540.0  # seconds; the whole run takes about four minutes
+RESULTS = ROOT / "bench" / "RESULTS.md"
+
+
+def _git(*args: str) -> str:
+    out = subprocess.run(["git", *args], cwd=ROOT, capture_output=True, text=True, check=False)
+    return out.stdout.rstrip()  # not strip(): `status --porcelain` lines start with a space
+
+
+def _versions() -> str:
+    names = ["openai", "httpx2", "uvicorn", "uvloop", "httptools", "starlette", "aiosqlite", "asyncpg"]
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            continue
+    return ", ".join(found)
+
+
+def _machine() -> list[str]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor() or "unknown CPU")
+    memory = next(int(line.split()[1]) for line in Path("/proc/meminfo").read_text().splitlines()
+                  if line.startswith("MemTotal"))
+    dirty = [line[3:] for line in _git("status", "--porcelain").splitlines() if not line[3:].startswith("bench/")]
+    commit = _git("rev-parse", "--short", "HEAD") or "unknown"
+    tree = f"`{commit}`" + (f" plus uncommitted changes to {', '.join(dirty)}" if dirty else "")
+    load = " ".join(Path("/proc/loadavg").read_text().split()[:3])
+    return [
+        f"- date: {datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC",
+        (f"- machine: `nproc` = {len(os.sched_getaffinity(0))} ({cpu}), {memory / 2**20:.0f} GiB memory, "
+        f"{platform.system()} {platform.release()}; load average before: {load}"),
+        f"- Python {platform.python_version()}; {_versions()}",
+        f"- code: {tree}",
+    ]
+
+
+def _sections(skip_postgres: bool) -> list[tuple[str, Callable[[], str]]]:
+    """The quiet, latency-sensitive ones first; the 1,000 runs last."""
+    sections: list[tuple[str, Callable[[], str]]] = [
+        ("time to first delta", first_delta.run),
+        ("cancel latency (SQLite)", cancel_latency.run),
+    ]
+    if not skip_postgres:
+        sections.append(("cancel latency (PostgreSQL)", lambda: cancel_latency.run("postgresql")))
+    sections += [
+        ("GET run requests per second", get_run_rps.run),
+        ("1,000 concurrent streaming runs (SQLite)", concurrent_1000.run),
+    ]
+    if not skip_postgres:
+        sections.append(("1,000 concurrent streaming runs (PostgreSQL)", lambda: concurrent_1000.run(db="postgresql")))
+    return sections
+
+
+def _run_one(name: str, section: Callable[[], str]) -> str:
+    started = time.monotonic()
+    try:
+        output = section()
+    except Exception:  # noqa: BLE001 - one broken benchmark must not hide the others' figures
+        output = f"== {name}: FAILED\n<!-- markdown -->\n### {name}\n\nFailed:\n\n```\n{traceback.format_exc()}```\n"
+    print(output, f"({name}: {time.monotonic() - started:.0f} s)\n", flush=True)
+    return markdown_of(output).strip()
+
+
+def run_all(skip_postgres: bool = False) -> str:
+    header = _machine()
+    shared = note_foreign_load()
+    start = time.monotonic()
+    blocks = []
+    for name, section in _sections(skip_postgres):
+        if time.monotonic() - start > BUDGET:
+            blocks.append(f"### {name}\n\nSkipped: the run had used its {BUDGET:.0f} s budget.")
+            continue
+        blocks.append(_run_one(name, section))
+    total = time.monotonic() - start
+    intro = [
+        "# Benchmark results", "",
+        "Written by `python -m bench.run_all` (see bench/README.md); every figure is from that one run.", "",
+        *header, f"- the whole run took {total:.0f} s", "",
+        ("The client, the fake upstream (tests/support/fake_upstream.py) and assistd share the machine's "
+        "cores, so every figure includes their contention. Targets are printed beside the figures; "
+        "nothing here passes or fails."), "",
+    ]
+    if shared:
+        intro += ["**Other load during the run:**", "", "```", shared.strip(), "```", ""]
+    text = "\n".join(intro) + "\n" + "\n\n".join(blocks) + "\n"
+    RESULTS.write_text(text)
+    return f"wrote {RESULTS.relative_to(ROOT)} ({total:.0f} s)"
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--skip-postgres", action="store_true", help="skip the PostgreSQL runs")
+    args = parser.parse_args()
+    main(lambda: run_all(args.skip_postgres))
