@@ -36,8 +36,10 @@ class Settings:
     run_expires_seconds: float = 600.0
     worker_concurrency: int = 1000
     heartbeat_seconds: float = 2.0
-    lease_seconds: float = 30.0
+    lease_seconds: float = 20.0
     shutdown_grace_seconds: float = 10.0
+    redis_url: str = ""
+    events_ttl_seconds: float = 3600.0
 
     @property
     def resolved_database_url(self) -> str:
@@ -66,6 +68,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         run_expires_seconds=_float(env, "ASSISTD_RUN_EXPIRES_SECONDS", 600.0),
         worker_concurrency=int(_float(env, "ASSISTD_WORKER_CONCURRENCY", 1000)),
         heartbeat_seconds=_float(env, "ASSISTD_HEARTBEAT_SECONDS", 2.0),
-        lease_seconds=_float(env, "ASSISTD_LEASE_SECONDS", 30.0),
+        lease_seconds=_float(env, "ASSISTD_LEASE_SECONDS", 20.0),
         shutdown_grace_seconds=_float(env, "ASSISTD_SHUTDOWN_GRACE_SECONDS", 10.0),
+        redis_url=env.get("ASSISTD_REDIS_URL", ""),
+        events_ttl_seconds=_float(env, "ASSISTD_EVENTS_TTL_SECONDS", 3600.0),
     )

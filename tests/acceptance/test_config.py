@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 import sys
@@ -53,3 +54,18 @@ def test_migrate_command_is_idempotent(tmp_path: Path) -> None:
     second = subprocess.run([sys.executable, "-m", "assistd", "migrate"], env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0 and "[1]" in first.stdout
     assert second.returncode == 0 and "up to date" in second.stdout
+
+
+@pytest.mark.parametrize(("args", "env", "says"), [
+    (["worker"], {}, "needs PostgreSQL"),
+    (["serve", "--no-worker"], {}, "needs PostgreSQL"),
+    (["worker"], {"ASSISTD_DATABASE_URL": "postgresql://postgres@127.0.0.1:5432/test"}, "needs ASSISTD_REDIS_URL"),
+], ids=["worker-on-sqlite", "api-only-on-sqlite", "worker-without-redis"])
+def test_split_roles_refuse_a_setup_they_cannot_work_in(tmp_path: Path, args: list[str], env: dict[str, str],
+                                                        says: str) -> None:
+    full_env = {**{k: v for k, v in os.environ.items() if not k.startswith("ASSISTD_")},
+                "ASSISTD_DATA_DIR": str(tmp_path), **env}
+    result = subprocess.run([sys.executable, "-m", "assistd", *args], env=full_env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert says in result.stderr

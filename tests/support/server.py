@@ -5,6 +5,9 @@
     srv.kill(); srv.start()        # same port, same data: a crash and a restart
     srv.stop()                     # SIGTERM, then SIGKILL after `timeout`
 
+`role` picks the process: "serve" (HTTP and a worker, the default), "api" (`serve --no-worker`)
+or "worker" (`assistd worker`: no HTTP; ready once its log says so).
+
 The process's stdout and stderr go to `log_path` (in its data dir); `log_tail()` reads the end.
 Nothing here imports assistd: it only runs `python -m assistd`.
 """
@@ -31,6 +34,8 @@ import openai
 
 POSTGRES_ADMIN_URL = os.environ.get("ASSISTD_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 DEFAULT_API_KEY = "test"
+ROLES = {"serve": ["serve"], "api": ["serve", "--no-worker"], "worker": ["worker"]}
+WORKER_READY = "worker ready"
 
 
 def free_port() -> int:
@@ -93,7 +98,10 @@ class AssistdServer:
     """One `assistd serve` subprocess; stop/kill/start again keep the same port and data."""
 
     def __init__(self, upstream_url: str, *, database_url: str = "", env: dict[str, str] | None = None,
-                 data_dir: Path | None = None, api_key: str | None = None) -> None:
+                 data_dir: Path | None = None, api_key: str | None = None, role: str = "serve") -> None:
+        if role not in ROLES:
+            raise ValueError(f"role must be one of {sorted(ROLES)}")
+        self.role = role
         self.data_dir = Path(data_dir or tempfile.mkdtemp(prefix="assistd-test-"))
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
@@ -143,16 +151,38 @@ class AssistdServer:
         with self.log_path.open("ab") as log:
             log.write(f"---- start {time.strftime('%H:%M:%S')} ----\n".encode())
             log.flush()
+            log_start = log.tell()
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "assistd", "serve", "--host", "127.0.0.1", "--port", str(self.port)],
+                [sys.executable, "-m", "assistd", *self._args()],
                 env=self.env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             )
         try:
-            self._wait_healthy(timeout)
+            if self.role == "worker":
+                self._wait_log(WORKER_READY, log_start, timeout)
+            else:
+                self._wait_healthy(timeout)
         except BaseException:
             self.kill()
             raise
         return self
+
+    def _args(self) -> list[str]:
+        if self.role == "worker":
+            return ROLES["worker"]
+        return [*ROLES[self.role], "--host", "127.0.0.1", "--port", str(self.port)]
+
+    def _wait_log(self, text: str, offset: int, timeout: float) -> None:
+        assert self.proc is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"assistd exited with {self.proc.returncode}:\n{self.log_tail()}")
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                if text.encode() in log.read():
+                    return
+            time.sleep(0.05)
+        raise RuntimeError(f"assistd did not log {text!r} within {timeout}s:\n{self.log_tail()}")
 
     def _wait_healthy(self, timeout: float) -> None:
         assert self.proc is not None

@@ -70,21 +70,34 @@ def test_completion_and_cancel_racing_yield_exactly_one_winner(database_url: str
     assert all(a != b for a, b in results), results
 
 
-async def _double_claim(url: str) -> list[Any]:
+async def _claim_all(url: str, runs: int, workers: int, batch: int) -> tuple[list[str], dict[str, list[str]]]:
     store = await _store(url)
     try:
-        thread = o.new_thread({})
-        await store.insert_thread(thread, [])
-        row = o.new_run_row(thread["id"], o.new_assistant({"model": "m"}), {}, 600)
-        await store.create_run(row, [])
-        return list(await asyncio.gather(*(store.claim_next_run(f"w{i}") for i in range(5))))
+        created = []
+        for _ in range(runs):
+            thread = o.new_thread({})
+            await store.insert_thread(thread, [])
+            row = o.new_run_row(thread["id"], o.new_assistant({"model": "m"}), {}, 600)
+            created.append((await store.create_run(row, []))["id"])
+        claimed: dict[str, list[str]] = {f"w{i}": [] for i in range(workers)}
+
+        async def worker(name: str) -> None:
+            while got := await store.claim_runs(name, batch):
+                claimed[name].extend(run["id"] for run in got)
+                assert all(run["status"] == "in_progress" for run in got)
+
+        await asyncio.gather(*(worker(name) for name in claimed))
+        return created, claimed
     finally:
         await store.db.close()
 
 
-def test_a_queued_run_is_claimed_by_one_worker_only(database_url: str) -> None:
-    claims = asyncio.run(_double_claim(database_url))
-    assert len([c for c in claims if c is not None]) == 1
+def test_workers_claiming_at_once_take_each_queued_run_exactly_once(database_url: str) -> None:
+    created, claimed = asyncio.run(_claim_all(database_url, runs=40, workers=5, batch=3))
+    taken = [run_id for runs in claimed.values() for run_id in runs]
+    assert sorted(taken) == sorted(created)  # all of them, none twice
+    for runs in claimed.values():  # each batch in queue order
+        assert runs == sorted(runs, key=created.index)
 
 
 async def _terminal_releases_thread(url: str) -> tuple[str | None, str | None]:

@@ -53,3 +53,8 @@ def test_tool_outputs_requeue_a_waiting_run() -> None:
 
 def test_streams_stop_where_the_client_must_act_or_the_run_ended() -> None:
     assert STREAM_STOPS == TERMINAL | {S.REQUIRES_ACTION}
+
+
+def test_a_worker_can_hand_back_a_running_run_but_not_a_cancelling_one() -> None:
+    assert set(sources(S.QUEUED)) == {"in_progress", "requires_action"}
+    assert not can_transition(S.CANCELLING, S.QUEUED)

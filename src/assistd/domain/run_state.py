@@ -25,8 +25,10 @@ S = RunStatus
 
 TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     S.QUEUED: frozenset({S.IN_PROGRESS, S.CANCELLED, S.FAILED, S.EXPIRED}),
+    # in_progress → queued: a worker hands back a run whose turn has written nothing yet
+    # (it is stopping, or it died), for another worker to run from the start of the turn.
     S.IN_PROGRESS: frozenset(
-        {S.REQUIRES_ACTION, S.CANCELLING, S.COMPLETED, S.INCOMPLETE, S.FAILED}
+        {S.QUEUED, S.REQUIRES_ACTION, S.CANCELLING, S.COMPLETED, S.INCOMPLETE, S.FAILED}
     ),
     S.REQUIRES_ACTION: frozenset({S.QUEUED, S.CANCELLED, S.FAILED, S.EXPIRED}),
     S.CANCELLING: frozenset({S.CANCELLED}),

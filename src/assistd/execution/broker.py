@@ -1,6 +1,14 @@
-"""Stream events of runs, fanned out to the SSE responses watching them (in this process).
+"""Stream events of runs, from whoever changes a run to the SSE responses watching it.
 
-Publishing never blocks the run: each subscriber has its own unbounded queue.
+Two implementations with one interface:
+
+- `LocalBroker`: in this process only (the default, and all one process needs);
+- `RedisBroker` (`redis_broker.py`): one Redis Stream per run, so a stream served by one
+  process sees the events of a run executing in another, in order, and a client that
+  reconnects can resume after the last event id it saw.
+
+`publish` never blocks the run: an event is serialized at once (the run goes on changing
+the objects it publishes) and delivered in the background, in publishing order.
 """
 
 from __future__ import annotations
@@ -9,73 +17,99 @@ import asyncio
 import json
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
+
+FROM_START = "0"  # `after` for a subscription that wants every event the run's log still holds
 
 
 @dataclass(frozen=True)
 class Event:
-    """One stream event; `data` is an object, or its JSON text once published."""
+    """One stream event; `data` is an object, or its JSON text once published; `id` is its
+    position in the run's event log where there is one (Redis)."""
 
     event: str
     data: Any
+    id: str = ""
 
 
-class Subscription:
-    """One watcher's queue of a run's events; `close()` when done watching."""
+def serialize(data: Any) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
 
-    def __init__(self, broker: Broker, run_id: str) -> None:
+
+class Subscription(Protocol):
+    run_id: str
+
+    async def get(self, timeout: float) -> Event | None:
+        """The next event, or None if none came within `timeout` seconds."""
+
+    async def close(self) -> None: ...
+
+
+class Broker(Protocol):
+    replays: bool  # True when `subscribe(after=…)` can replay past events
+
+    def publish(self, run_id: str, event: str, data: Any) -> None: ...
+
+    async def flush(self) -> None:
+        """Return once every event published so far can be read by any process."""
+
+    async def subscribe(self, run_id: str, after: str | None = None) -> Subscription:
+        """Watch a run's events from now (`after=None`), or those after event id `after`."""
+
+    async def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+class LocalSubscription:
+    def __init__(self, broker: LocalBroker, run_id: str) -> None:
         self.broker = broker
         self.run_id = run_id
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
 
-    def close(self) -> None:
+    async def get(self, timeout: float) -> Event | None:
+        try:
+            return await asyncio.wait_for(self.queue.get(), timeout)
+        except TimeoutError:
+            return None
+
+    async def close(self) -> None:
         self.broker._unsubscribe(self)
 
 
-class Broker:
-    def __init__(self) -> None:
-        self._subscribers: dict[str, set[asyncio.Queue[Event]]] = defaultdict(set)
+class LocalBroker:
+    """Fan-out to the watchers in this process; keeps no log (nothing to replay)."""
 
-    def subscribe(self, run_id: str) -> Subscription:
-        sub = Subscription(self, run_id)
-        self._subscribers[run_id].add(sub.queue)
+    replays = False
+
+    def __init__(self) -> None:
+        self._subscribers: dict[str, set[LocalSubscription]] = defaultdict(set)
+
+    async def start(self) -> None:
+        return None
+
+    async def close(self) -> None:
+        return None
+
+    async def flush(self) -> None:
+        return None
+
+    async def subscribe(self, run_id: str, after: str | None = None) -> Subscription:
+        sub = LocalSubscription(self, run_id)
+        self._subscribers[run_id].add(sub)
         return sub
 
-    def _unsubscribe(self, sub: Subscription) -> None:
+    def _unsubscribe(self, sub: LocalSubscription) -> None:
         subscribers = self._subscribers.get(sub.run_id)
         if subscribers is not None:
-            subscribers.discard(sub.queue)
+            subscribers.discard(sub)
             if not subscribers:
                 del self._subscribers[sub.run_id]
 
     def publish(self, run_id: str, event: str, data: Any) -> None:
-        """Queue `data` as it is now: it is serialized here, because the run goes on changing
-        the objects it publishes (a message's text grows after its delta was sent)."""
         subscribers = self._subscribers.get(run_id)
         if not subscribers:
             return
-        frozen = Event(event, json.dumps(data, separators=(",", ":"), ensure_ascii=False))
-        for queue in subscribers:
-            queue.put_nowait(frozen)
-
-
-class Signals:
-    """Wake-ups between the HTTP side and the worker: a run was queued, a run is cancelling.
-
-    They only speed things up: the worker also polls the database, so a lost wake-up
-    (or one sent from another process) delays work by at most one poll interval.
-    """
-
-    def __init__(self) -> None:
-        self.queued = asyncio.Event()
-        self._cancel_listeners: list[Any] = []
-
-    def run_queued(self) -> None:
-        self.queued.set()
-
-    def on_cancel(self, listener: Any) -> None:
-        self._cancel_listeners.append(listener)
-
-    def run_cancelling(self, run_id: str) -> None:
-        for listener in self._cancel_listeners:
-            listener(run_id)
+        frozen = Event(event, serialize(data))
+        for sub in subscribers:
+            sub.queue.put_nowait(frozen)

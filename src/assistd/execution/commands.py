@@ -68,7 +68,8 @@ async def cancel_run(rt: Runtime, thread_id: str, run_id: str) -> Obj:
             return result.run
         if result is not None:
             rt.broker.publish(run_id, "thread.run.cancelling", result)
-            rt.signals.run_cancelling(run_id)
+            await rt.broker.flush()  # so `cancelling` precedes what the worker publishes next
+            await rt.signals.run_cancelling(run_id)
             return result
     raise invalid("The run changed status while being cancelled; try again.")
 

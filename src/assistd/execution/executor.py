@@ -21,6 +21,7 @@ from assistd.domain.run_state import RunStatus
 from assistd.execution import prompt
 from assistd.execution.runtime import Runtime
 from assistd.execution.settle import Settled, run_usage, settle, settle_in
+from assistd.execution.sweeper import hand_back
 from assistd.execution.upstream import UpstreamError
 
 log = logging.getLogger("assistd.executor")
@@ -29,8 +30,9 @@ FLUSH_SECONDS = 1.0
 
 
 class StopReason:
-    CANCEL = "cancel"
-    SHUTDOWN = "shutdown"
+    CANCEL = "cancel"  # the run is `cancelling`: finish the cancellation
+    SHUTDOWN = "shutdown"  # this process is stopping: hand the run back, or fail it
+    LOST = "lost"  # the run is no longer ours (lease lapsed): write nothing more
 
 
 class RunTurn:
@@ -286,7 +288,16 @@ class RunTurn:
         if run is not None and run["status"] == RunStatus.CANCELLING:
             await self._end(RunStatus.CANCELLED)
 
+    @property
+    def wrote_anything(self) -> bool:
+        return self.message is not None or self.message_step is not None or self.tool_step is not None
+
     async def _after_stop(self) -> None:
+        if self.stop_reason == StopReason.LOST:
+            return
+        if self.stop_reason == StopReason.SHUTDOWN and not self.wrote_anything:
+            if await hand_back(self.rt, self.run_id):
+                return
         if self.stop_reason == StopReason.SHUTDOWN:
             error = {"code": "server_error", "message": "assistd stopped while the run was in progress."}
             await self._end(RunStatus.FAILED, last_error=error)

@@ -1,13 +1,23 @@
-"""What the HTTP side and the worker share inside one process."""
+"""What the HTTP side and the worker share inside one process, and how it is put together.
+
+Which broker and which signals a process uses follows from the settings alone, so every
+process of a deployment (API or worker) makes the same choice.
+"""
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from assistd.config import Settings
-from assistd.execution.broker import Broker, Signals
+from assistd.execution.broker import Broker, LocalBroker
+from assistd.execution.signals import LocalSignals, PostgresSignals, Signals
 from assistd.execution.upstream import Upstream
+from assistd.storage.db import open_database
+from assistd.storage.migrate import migrate
 from assistd.storage.store import Store
+
+log = logging.getLogger("assistd")
 
 
 @dataclass
@@ -17,3 +27,42 @@ class Runtime:
     broker: Broker
     signals: Signals
     upstream: Upstream
+
+    @property
+    def shared_database(self) -> bool:
+        """Other assistd processes may use this database (PostgreSQL); SQLite is ours alone."""
+        return self.store.db.dialect == "postgresql"
+
+
+def _broker(settings: Settings) -> Broker:
+    if settings.redis_url:
+        from assistd.execution.redis_broker import RedisBroker
+
+        return RedisBroker(settings.redis_url, settings.events_ttl_seconds)
+    return LocalBroker()
+
+
+async def open_runtime(settings: Settings) -> Runtime:
+    """Connect to the database (applying migrations), the event broker and the wake-ups."""
+    url = settings.resolved_database_url
+    db = open_database(url)
+    await db.connect()
+    try:
+        applied = await migrate(db)
+        if applied:
+            log.info("applied migrations %s", applied)
+        signals: Signals = PostgresSignals(url, db) if db.dialect == "postgresql" else LocalSignals()
+        broker = _broker(settings)
+        await broker.start()
+        await signals.start()
+    except BaseException:
+        await db.close()
+        raise
+    return Runtime(settings, Store(db), broker, signals, Upstream(settings))
+
+
+async def close_runtime(rt: Runtime) -> None:
+    await rt.signals.close()
+    await rt.broker.close()
+    await rt.upstream.close()
+    await rt.store.db.close()

@@ -16,9 +16,8 @@ from starlette.routing import Mount, Route
 
 from assistd.config import Settings
 from assistd.domain.errors import ApiError
-from assistd.execution.broker import Broker, Signals
-from assistd.execution.runtime import Runtime
-from assistd.execution.upstream import Upstream
+from assistd.execution.runtime import Runtime, close_runtime, open_runtime
+from assistd.execution.sweeper import Sweeper
 from assistd.execution.worker import Worker
 from assistd.http import assistants, runs, threads
 from assistd.http.auth import ApiKeyMiddleware
@@ -29,10 +28,7 @@ from assistd.http.errors import (
     unexpected_handler,
     validation_handler,
 )
-from assistd.storage.db import open_database
-from assistd.storage.migrate import migrate
 from assistd.storage.pages import UnknownCursor
-from assistd.storage.store import Store
 
 log = logging.getLogger("assistd")
 
@@ -46,23 +42,22 @@ async def healthz(request: Request) -> Response:
 def create_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
     @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        db = open_database(settings.resolved_database_url)
-        await db.connect()
-        applied = await migrate(db)
-        if applied:
-            log.info("applied migrations %s", applied)
-        rt = Runtime(settings, Store(db), Broker(), Signals(), Upstream(settings))
+        rt = await open_runtime(settings)
         app.state.runtime = rt
-        worker = Worker(rt, sole_owner=db.dialect == "sqlite") if with_worker else None
+        # Without a worker, this process still settles orphaned and expired runs.
+        worker = Worker(rt) if with_worker else None
+        sweeper = worker.sweeper if worker is not None else Sweeper(rt)
         if worker is not None:
             await worker.start()
+        else:
+            sweeper.start()
         try:
             yield
         finally:
             if worker is not None:
                 await worker.stop(settings.shutdown_grace_seconds)
-            await rt.upstream.close()
-            await db.close()
+            await sweeper.stop()
+            await close_runtime(rt)
 
     return Starlette(
         routes=[

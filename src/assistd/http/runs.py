@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable
 from typing import Any
 
@@ -9,15 +10,17 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from assistd.domain.errors import invalid
 from assistd.domain.objects import new_thread
 from assistd.execution import commands
-from assistd.execution.broker import Event
+from assistd.execution.broker import FROM_START, Event
 from assistd.execution.runtime import Runtime
 from assistd.http.common import ok, page, params, path, runtime
 from assistd.http.models import MetadataModify, RunCreate, SubmitToolOutputs, ThreadAndRunCreate
 from assistd.http.sse import stream_response
 
 Obj = dict[str, Any]
+EVENT_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
 
 
 async def _start(rt: Runtime, run_id: str, stream: bool, insert: Awaitable[Obj], before: list[Event]) -> Response:
@@ -25,14 +28,14 @@ async def _start(rt: Runtime, run_id: str, stream: bool, insert: Awaitable[Obj],
 
     The stream subscribes before the insert, so not even a fast worker's first event is missed.
     """
-    sub = rt.broker.subscribe(run_id) if stream else None
+    sub = await rt.broker.subscribe(run_id, FROM_START) if stream else None
     try:
         run = await insert
     except BaseException:
         if sub is not None:
-            sub.close()
+            await sub.close()
         raise
-    rt.signals.run_queued()
+    await rt.signals.run_queued()
     if sub is None:
         return ok(run)
     return stream_response(rt, sub, [*before, Event("thread.run.created", run), *commands.queued_events(run)])
@@ -92,17 +95,40 @@ async def cancel(request: Request) -> Response:
 async def submit_tool_outputs(request: Request) -> Response:
     rt, thread_id, run_id = runtime(request), path(request, "thread_id"), path(request, "run_id")
     parsed, data = await params(request, SubmitToolOutputs)
-    sub = rt.broker.subscribe(run_id) if parsed.stream else None
+    sub = await rt.broker.subscribe(run_id) if parsed.stream else None
     try:
         run, steps = await commands.submit_tool_outputs(rt, thread_id, run_id, data["tool_outputs"])
     except BaseException:
         if sub is not None:
-            sub.close()
+            await sub.close()
         raise
-    rt.signals.run_queued()
+    await rt.signals.run_queued()
     if sub is None:
         return ok(run)
     return stream_response(rt, sub, commands.queued_events(run, steps))
+
+
+async def events(request: Request) -> Response:
+    """assistd's own addition: follow a run's events from any API process.
+
+    With `Last-Event-ID` (or `?after=`), the events after that id, where the run's event log
+    still holds them (Redis); `after=0` replays the whole log. Otherwise the run as it is now
+    (`thread.run.<status>`), then what happens next. Ends like any run stream.
+    """
+    rt, thread_id, run_id = runtime(request), path(request, "thread_id"), path(request, "run_id")
+    after = request.headers.get("last-event-id") or request.query_params.get("after")
+    if after and not EVENT_ID.fullmatch(after):
+        raise invalid(f"Invalid event id '{after}': expected one from a frame's `id:` line, or 0.", "after")
+    await rt.store.get_run(thread_id, run_id)  # 404 for an unknown run
+    if after and rt.broker.replays:
+        return stream_response(rt, await rt.broker.subscribe(run_id, after), [])
+    sub = await rt.broker.subscribe(run_id)
+    try:
+        run = await rt.store.get_run(thread_id, run_id)  # read after subscribing: nothing falls between
+    except BaseException:
+        await sub.close()
+        raise
+    return stream_response(rt, sub, [Event(f"thread.run.{run['status']}", run)])
 
 
 async def list_steps(request: Request) -> Response:
@@ -124,6 +150,7 @@ routes = [
     Route("/threads/{thread_id}/runs/{run_id}", modify, methods=["POST"]),
     Route("/threads/{thread_id}/runs/{run_id}/cancel", cancel, methods=["POST"]),
     Route("/threads/{thread_id}/runs/{run_id}/submit_tool_outputs", submit_tool_outputs, methods=["POST"]),
+    Route("/threads/{thread_id}/runs/{run_id}/events", events, methods=["GET"]),
     Route("/threads/{thread_id}/runs/{run_id}/steps", list_steps, methods=["GET"]),
     Route("/threads/{thread_id}/runs/{run_id}/steps/{step_id}", retrieve_step, methods=["GET"]),
 ]

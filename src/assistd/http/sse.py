@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -11,7 +9,7 @@ from typing import Any
 from starlette.responses import StreamingResponse
 
 from assistd.domain.run_state import STREAM_STOPS
-from assistd.execution.broker import Event, Subscription
+from assistd.execution.broker import Event, Subscription, serialize
 from assistd.execution.runtime import Runtime
 
 log = logging.getLogger("assistd.sse")
@@ -20,9 +18,11 @@ STOP_EVENTS = frozenset(f"thread.run.{status.value}" for status in STREAM_STOPS)
 QUIET_SECONDS = 5.0
 
 
-def frame(event: str, data: Any) -> bytes:
-    payload = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-    return f"event: {event}\ndata: {payload}\n\n".encode()
+def frame(event: str, data: Any, event_id: str = "") -> bytes:
+    """One SSE frame; `id:` (the event's place in the run's log) lets a client resume."""
+    payload = data if isinstance(data, str) else serialize(data)
+    head = f"id: {event_id}\n" if event_id else ""
+    return f"{head}event: {event}\ndata: {payload}\n\n".encode()
 
 
 DONE = frame("done", "[DONE]")
@@ -38,20 +38,20 @@ async def _events(rt: Runtime, sub: Subscription, first: Iterable[Event]) -> Asy
                                         "type": "server_error", "param": None, "code": None}})
         yield DONE
     finally:
-        sub.close()
+        await sub.close()
 
 
 async def _next_event(rt: Runtime, sub: Subscription) -> Event | None:
     """The run's next event; None once the run has stopped without one reaching us."""
     while True:
-        try:
-            return await asyncio.wait_for(sub.queue.get(), QUIET_SECONDS)
-        except TimeoutError:
-            run = await rt.store.get_run_by_id(sub.run_id)
-            if run is None:
-                return None
-            if run["status"] in STREAM_STOPS:
-                return Event(f"thread.run.{run['status']}", run)
+        event = await sub.get(QUIET_SECONDS)
+        if event is not None:
+            return event
+        run = await rt.store.get_run_by_id(sub.run_id)
+        if run is None:
+            return None
+        if run["status"] in STREAM_STOPS:
+            return Event(f"thread.run.{run['status']}", run)
 
 
 async def _run_events(rt: Runtime, sub: Subscription, first: Iterable[Event]) -> AsyncIterator[bytes]:
@@ -60,7 +60,7 @@ async def _run_events(rt: Runtime, sub: Subscription, first: Iterable[Event]) ->
         event = pending.pop(0) if pending else await _next_event(rt, sub)
         if event is None:
             break
-        yield frame(event.event, event.data)
+        yield frame(event.event, event.data, event.id)
         if event.event in STOP_EVENTS:
             break
     yield DONE

@@ -38,7 +38,7 @@ async def delete(request: Request) -> Response:
     rt, thread_id = runtime(request), path(request, "thread_id")
     active_run_id = await rt.store.delete_thread(thread_id)
     if active_run_id:
-        rt.signals.run_cancelling(active_run_id)  # stop generating for a thread that is gone
+        await rt.signals.run_cancelling(active_run_id)  # stop generating for a thread that is gone
     return deleted(thread_id, "thread")
 
 

@@ -23,9 +23,10 @@ def _migrations() -> list[tuple[int, str]]:
 
 async def migrate(db: Database) -> list[int]:
     """Apply every migration not yet recorded; returns the versions applied now."""
-    await db.executescript(
-        "CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)"
-    )
+    async with db.transaction() as tx:
+        if dialect_lock_sql := _LOCK.get(db.dialect):
+            await tx.execute(dialect_lock_sql)
+        await tx.execute("CREATE TABLE IF NOT EXISTS schema_migrations (version INTEGER PRIMARY KEY)")
     applied: list[int] = []
     for version, sql in _migrations():
         async with db.transaction() as tx:

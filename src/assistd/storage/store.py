@@ -289,35 +289,45 @@ class Store:
             )
         return o.run_from_row(row)
 
-    async def claim_next_run(self, worker_id: str, exclude: int = 0) -> Obj | None:
-        """Take the oldest queued run for this worker (queued → in_progress), if any."""
+    async def claim_runs(self, worker_id: str, limit: int) -> list[Obj]:
+        """Take up to `limit` of the oldest queued runs for this worker (queued → in_progress).
+
+        On PostgreSQL, workers claiming at once skip each other's locked rows.
+        """
         skip_locked = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgresql" else ""
         ts = now()
         async with self.db.transaction() as tx:
-            row = await tx.fetchone(
-                f"SELECT id FROM runs WHERE status = 'queued' ORDER BY seq LIMIT 1{skip_locked}"
+            rows = await tx.fetchall(
+                f"UPDATE runs SET status = 'in_progress', worker_id = :w, heartbeat_at = :hb, started_at = :ts "
+                f"WHERE status = 'queued' AND id IN (SELECT id FROM runs WHERE status = 'queued' "
+                f"ORDER BY seq LIMIT :n{skip_locked}) RETURNING seq AS claim_order, {RUN_COLUMNS}",
+                w=worker_id, hb=float(ts), ts=ts, n=limit,
             )
-            if row is None:
-                return None
-            return await self.transition(
-                row["id"], RunStatus.IN_PROGRESS, tx,
-                only_from=("queued",), worker_id=worker_id, heartbeat_at=float(ts),
-                started_at=ts,
-            )
+        rows.sort(key=lambda row: row.pop("claim_order"))
+        return [o.run_from_row(row) for row in rows]
 
-    async def heartbeat(self, worker_id: str, run_ids: list[str], at: float) -> list[str]:
-        """Refresh this worker's leases; returns those of its runs that are being cancelled."""
+    async def heartbeat(self, worker_id: str, run_ids: list[str], at: float) -> dict[str, str]:
+        """Renew this worker's leases; returns the status of each run it still holds.
+
+        A run missing from the answer is no longer this worker's: its lease lapsed, and a
+        sweeper settled it or handed it back (both clear `worker_id`).
+        """
         if not run_ids:
-            return []
+            return {}
         params: dict[str, Any] = {"w": worker_id, "at": at}
         sql = expand_in(
-            "UPDATE runs SET heartbeat_at = :at WHERE worker_id = :w AND id IN (:ids) "
-            "RETURNING id, status",
+            "UPDATE runs SET heartbeat_at = :at WHERE worker_id = :w AND id IN (:ids) RETURNING id, status",
             "ids", run_ids, params,
         )
         async with self.db.transaction() as tx:
             rows = await tx.fetchall(sql, **params)
-        return [r["id"] for r in rows if r["status"] == RunStatus.CANCELLING]
+        return {r["id"]: r["status"] for r in rows}
+
+    async def has_open_step(self, run_id: str) -> bool:
+        row = await self.db.fetchone(
+            "SELECT id FROM run_steps WHERE run_id = :r AND status = 'in_progress' LIMIT 1", r=run_id
+        )
+        return row is not None
 
     async def stale_runs(self, older_than: float) -> list[Obj]:
         rows = await self.db.fetchall(

@@ -1,0 +1,78 @@
+"""Settles runs nobody is executing any more, in every process (API or worker).
+
+- a run whose worker stopped renewing its lease (killed, machine gone) is resumed when its
+  interrupted turn had written nothing (it goes back to `queued`), and otherwise ends
+  `failed` with `server_error`; a `cancelling` one ends `cancelled`;
+- a run still `queued` or `requires_action` at `expires_at` ends `expired`.
+
+Several sweepers may find the same run: each change is a guarded transition, so one wins.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Collection
+
+from assistd.domain.ids import now
+from assistd.domain.run_state import RunStatus
+from assistd.execution.runtime import Runtime
+from assistd.execution.settle import settle
+
+log = logging.getLogger("assistd.sweeper")
+SWEEP_SECONDS = 1.0
+ORPHANED = {"code": "server_error", "message": "The process executing the run stopped unexpectedly."}
+
+
+async def hand_back(rt: Runtime, run_id: str) -> bool:
+    """Put an `in_progress` run whose turn wrote nothing back in the queue, for any worker."""
+    run = await rt.store.transition(run_id, RunStatus.QUEUED, only_from=(RunStatus.IN_PROGRESS.value,),
+                                    worker_id=None, heartbeat_at=None)
+    if run is None:
+        return False
+    rt.broker.publish(run_id, "thread.run.queued", run)
+    await rt.broker.flush()
+    await rt.signals.run_queued()
+    return True
+
+
+class Sweeper:
+    def __init__(self, rt: Runtime, owned: Callable[[], Collection[str]] = frozenset) -> None:
+        self.rt = rt
+        self.owned = owned  # runs this process executes: never orphans
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._loop(), name="assistd-sweep")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+    async def _loop(self) -> None:
+        while True:
+            await asyncio.sleep(SWEEP_SECONDS)
+            try:
+                await self.sweep(orphaned_before=time.time() - self.rt.settings.lease_seconds)
+            except Exception:
+                log.exception("sweep failed")
+
+    async def sweep(self, orphaned_before: float) -> None:
+        store, broker = self.rt.store, self.rt.broker
+        owned = self.owned()
+        for row in await store.stale_runs(orphaned_before):
+            run_id = row["id"]
+            if run_id in owned:
+                continue
+            if row["status"] == RunStatus.CANCELLING:
+                await settle(store, broker, run_id, RunStatus.CANCELLED, worker_id=None)
+            elif not await store.has_open_step(run_id) and await hand_back(self.rt, run_id):
+                log.info("run %s lost its worker before writing anything: queued again", run_id)
+            else:
+                log.warning("run %s lost its worker mid-turn: failed", run_id)
+                await settle(store, broker, run_id, RunStatus.FAILED,
+                             only_from=(RunStatus.IN_PROGRESS.value,), last_error=ORPHANED, worker_id=None)
+        for row in await store.expirable_runs(now()):
+            await settle(store, broker, row["id"], RunStatus.EXPIRED)
