@@ -50,7 +50,7 @@ def main() -> None:
     body = json.loads(args.json.read_text()) if args.json else RUN
     # The same uvicorn.run options as `assistd serve` (assistd/cli.py).
     uvicorn.run(create_app(body), host="127.0.0.1", port=args.port, log_level="info", access_log=False,
-                timeout_graceful_shutdown=3)
+                timeout_graceful_shutdown=3, timeout_keep_alive=65)
 
 
 if __name__ == "__main__":

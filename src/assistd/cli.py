@@ -22,6 +22,7 @@ from assistd.storage.db import open_database
 from assistd.storage.migrate import migrate
 
 log = logging.getLogger("assistd")
+KEEP_ALIVE_SECONDS = 65
 
 
 def _is_loopback(host: str) -> bool:
@@ -61,6 +62,9 @@ def _serve(settings: Settings, host: str, port: int, with_worker: bool) -> int:
         log_level="info",
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 1,
+        # Clients keep connections between calls: closing idle ones after uvicorn's 5 s
+        # default races with a client sending its next request on them (a reset at the client).
+        timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
     return 0
 
