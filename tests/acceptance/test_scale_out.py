@@ -333,6 +333,27 @@ def test_requires_action_run_expires_with_no_worker_running(make_cluster: Any, u
 # ---------------------------------------------------------------- many runs
 
 
+def test_a_worker_takes_at_most_its_concurrency_and_the_rest_wait_queued(
+    make_cluster: Any, upstream: FakeUpstream
+) -> None:
+    cluster = make_cluster(apis=1, workers=1, env={"ASSISTD_WORKER_CONCURRENCY": "2"})
+    upstream.on("limited", Reply.text(" ".join(["z"] * 30), chunk_delay=0.05))  # 1.5 s each
+    client = cluster.client(0)
+    asst = assistant(client)
+    runs = []
+    for i in range(4):
+        thread = client.beta.threads.create(messages=[{"role": "user", "content": f"limited {i}"}])
+        runs.append(client.beta.threads.runs.create(thread_id=thread.id, assistant_id=asst.id))
+    upstream.wait_for_requests(2)
+    time.sleep(0.5)
+    statuses = sorted(client.beta.threads.runs.retrieve(r.id, thread_id=r.thread_id).status for r in runs)
+    assert statuses == ["in_progress", "in_progress", "queued", "queued"]
+    assert len(upstream.requests) == 2
+    for run in runs:
+        assert wait_for_status(client, run.thread_id, run.id, {"completed"}).status == "completed"
+    assert len(upstream.requests) == 4
+
+
 def test_many_concurrent_runs_spread_over_the_workers_none_executed_twice(
     make_cluster: Any, upstream: FakeUpstream
 ) -> None:

@@ -1,4 +1,4 @@
-"""Validate objects against OpenAI's published OpenAPI schemas (shared/reference/openai-openapi.yaml).
+"""Validate objects against OpenAI's published OpenAPI schemas (tests/reference/openai-openapi.yaml).
 
 `assert_matches_schema(obj, name)` takes a JSON object (or an openai SDK model) and the name of a
 schema under `#/components/schemas`. The Assistants v2 names are:
@@ -38,9 +38,8 @@ ASSISTANTS_SCHEMAS = (
 )
 
 _REPO = Path(__file__).resolve().parents[2]
-# shared/ sits beside the repository (…/work/main and …/work/shared); ASSISTD_OPENAPI_SPEC overrides.
-_CANDIDATES = (_REPO.parent / "shared" / "reference" / "openai-openapi.yaml",
-               _REPO / "shared" / "reference" / "openai-openapi.yaml")
+# A copy is kept in tests/reference (see its README); ASSISTD_OPENAPI_SPEC points elsewhere.
+_CANDIDATES = (_REPO / "tests" / "reference" / "openai-openapi.yaml",)
 
 # Keywords whose value is one schema, a list of schemas, or a map of name → schema. Everything
 # else (enum, example, default, properties' *names*…) is data and must not be rewritten.
