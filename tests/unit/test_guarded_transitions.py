@@ -83,6 +83,7 @@ async def _claim_all(url: str, runs: int, workers: int, batch: int) -> tuple[lis
 
         async def worker(name: str) -> None:
             while got := await store.claim_runs(name, batch):
+                assert len(got) <= batch
                 claimed[name].extend(run["id"] for run in got)
                 assert all(run["status"] == "in_progress" for run in got)
 

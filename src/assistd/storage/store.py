@@ -297,10 +297,14 @@ class Store:
         skip_locked = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgresql" else ""
         ts = now()
         async with self.db.transaction() as tx:
+            # The pick is a materialized CTE: as an `IN (subquery)`, PostgreSQL may re-run the
+            # subquery during the update and take more than `limit` rows.
             rows = await tx.fetchall(
+                f"WITH picked AS MATERIALIZED (SELECT id FROM runs WHERE status = 'queued' "
+                f"ORDER BY seq LIMIT :n{skip_locked}) "
                 f"UPDATE runs SET status = 'in_progress', worker_id = :w, heartbeat_at = :hb, started_at = :ts "
-                f"WHERE status = 'queued' AND id IN (SELECT id FROM runs WHERE status = 'queued' "
-                f"ORDER BY seq LIMIT :n{skip_locked}) RETURNING seq AS claim_order, {RUN_COLUMNS}",
+                f"WHERE status = 'queued' AND id IN (SELECT id FROM picked) "
+                f"RETURNING seq AS claim_order, {RUN_COLUMNS}",
                 w=worker_id, hb=float(ts), ts=ts, n=limit,
             )
         rows.sort(key=lambda row: row.pop("claim_order"))
