@@ -25,6 +25,7 @@ MAX_EVENTS = 100_000
 READ_BATCH = 500
 STOP_EVENTS = frozenset(f"thread.run.{status.value}" for status in STREAM_STOPS)
 RETRY_SECONDS = 0.5
+FLUSH_WAIT_SECONDS = 1.0
 
 
 def stream_key(run_id: str) -> str:
@@ -80,7 +81,7 @@ class RedisBroker:
 
     async def close(self) -> None:
         try:
-            await asyncio.wait_for(self.flush(), 5)
+            await asyncio.wait_for(self._idle.wait(), 5)
         except TimeoutError:
             log.warning("%d run events were not written to Redis before stopping", len(self._outbox))
         if self._writer is not None:
@@ -94,7 +95,12 @@ class RedisBroker:
         self._wake.set()
 
     async def flush(self) -> None:
-        await self._idle.wait()
+        """Wait for the outbox to reach Redis, but not for long: a cancel must not hang on a
+        Redis outage (its order relative to the worker's events is then not guaranteed)."""
+        try:
+            await asyncio.wait_for(self._idle.wait(), FLUSH_WAIT_SECONDS)
+        except TimeoutError:
+            log.warning("run events are not reaching Redis; going on without them")
 
     async def subscribe(self, run_id: str, after: str | None = None) -> Subscription:
         if after is None:  # from now: after the newest event the run's stream holds
