@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
+import socket
+import subprocess
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -25,7 +28,7 @@ import pytest
 from tests.conftest import BACKENDS, Databases
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.flows import WEATHER_TOOL, assistant, wait_for_status, wait_until
-from tests.support.server import AssistdServer
+from tests.support.server import AssistdServer, free_port
 from tests.support.spec import assert_matches_schema
 
 REDIS_URL = os.environ.get("ASSISTD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -382,3 +385,51 @@ def test_many_concurrent_runs_spread_over_the_workers_none_executed_twice(
     per_worker = {w: list(owners.values()).count(w) for w in set(owners.values())}
     assert len(per_worker) == 2, per_worker  # both workers took a share
     wait_until(lambda: all(r.outcome == "completed" for r in upstream.requests), what="upstream requests ending")
+
+
+# ---------------------------------------------------------------- Redis outage
+
+
+@pytest.fixture
+def own_redis(tmp_path: Any) -> Iterator[tuple[str, subprocess.Popen[bytes]]]:
+    """A redis-server of this test's own, so the test can kill it."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        pytest.skip("redis-server is not installed")
+    port = free_port()
+    proc = subprocess.Popen([binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                             "--appendonly", "no", "--dir", str(tmp_path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: _accepts(port), what="redis-server to listen")
+        yield f"redis://127.0.0.1:{port}/0", proc
+    finally:
+        proc.kill()
+        proc.wait(10)
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket() as sock:
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_cancel_still_stops_the_run_while_redis_is_down(
+    make_cluster: Any, upstream: FakeUpstream, own_redis: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    redis_url, redis_proc = own_redis
+    cluster = make_cluster(env={"ASSISTD_REDIS_URL": redis_url})
+    upstream.on("no redis", Reply.text(" ".join(["r"] * 2000), chunk_delay=0.02))
+    client = cluster.client(0)
+    asst = assistant(client)
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "no redis"}])
+    run = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=asst.id)
+    wait_until(lambda: len(client.beta.threads.messages.list(thread_id=thread.id).data) == 2,
+               what="the answer's message")
+    redis_proc.kill()
+    redis_proc.wait(10)
+    answered = cluster.client(1).beta.threads.runs.cancel(run.id, thread_id=thread.id)
+    assert answered.status == "cancelling"
+    upstream.wait_for_outcome("no redis", "client_closed", timeout=5)
+    final = wait_for_status(client, thread.id, run.id, {"cancelled"})
+    assert final.cancelled_at is not None
+    assert client.beta.threads.messages.list(thread_id=thread.id).data[0].status == "incomplete"
