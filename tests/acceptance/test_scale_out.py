@@ -187,6 +187,20 @@ def test_reconnect_without_an_event_id_starts_from_the_runs_current_state(make_c
     assert frames[0][2]["id"] == run.id and frames[0][2]["status"] == "completed"
 
 
+def test_a_stream_quiet_for_longer_than_its_poll_interval_loses_nothing(make_cluster: Any, upstream: FakeUpstream) -> None:
+    cluster = make_cluster(workers=1)
+    upstream.on("take your time", Reply.text(chunks=["slow", " reply"], chunk_delay=6.0))
+    client = cluster.client(0)
+    asst = assistant(client)
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "take your time"}])
+    with client.beta.threads.runs.stream(thread_id=thread.id, assistant_id=asst.id) as stream:
+        deltas = [e.data.delta.content[0].text.value for e in stream  # type: ignore[union-attr]
+                  if e.event == "thread.message.delta"]
+        final = stream.get_final_run()
+    assert final.status == "completed" and deltas == ["slow", " reply"]
+    assert "failed" not in cluster.apis[0].log_text()
+
+
 def test_tool_outputs_submitted_on_the_other_api_process_continue_the_run(make_cluster: Any, upstream: FakeUpstream) -> None:
     cluster = make_cluster()
     upstream.on("cluster weather", Reply.tool_calls([("get_weather", '{"city": "Oslo"}')]))

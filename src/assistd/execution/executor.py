@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import Awaitable
 from typing import Any
 
 from openai.types.chat import ChatCompletionChunk
@@ -62,13 +63,21 @@ class RunTurn:
         try:
             await self._turn()
         except asyncio.CancelledError:
-            await asyncio.shield(self._after_stop())
+            await self._record_end(asyncio.shield(self._after_stop()))
         except UpstreamError as exc:
-            await self._end(RunStatus.FAILED, last_error={"code": exc.code, "message": exc.message})
+            await self._record_end(self._end(RunStatus.FAILED, last_error={"code": exc.code, "message": exc.message}))
         except Exception as exc:  # a bug must not strand the run in_progress
             log.exception("run %s failed inside assistd", self.run_id)
             error = {"code": "server_error", "message": f"assistd error: {type(exc).__name__}"}
-            await self._end(RunStatus.FAILED, last_error=error)
+            await self._record_end(self._end(RunStatus.FAILED, last_error=error))
+
+    async def _record_end(self, ending: Awaitable[None]) -> None:
+        """Write how the turn ended; if the database refuses (it is down, or out of
+        connections), the run's lease lapses and a sweeper settles it."""
+        try:
+            await ending
+        except Exception:
+            log.exception("run %s: could not record how its turn ended; its lease will lapse", self.run_id)
 
     # ------------------------------------------------------------ the turn
 

@@ -26,6 +26,7 @@ READ_BATCH = 500
 STOP_EVENTS = frozenset(f"thread.run.{status.value}" for status in STREAM_STOPS)
 RETRY_SECONDS = 0.5
 FLUSH_WAIT_SECONDS = 1.0
+SOCKET_TIMEOUT_SECONDS = 30.0
 
 
 def stream_key(run_id: str) -> str:
@@ -66,8 +67,10 @@ class RedisBroker:
     replays = True
 
     def __init__(self, url: str, ttl_seconds: float) -> None:
-        # Every watcher blocks in its own XREAD, so the pool must not cap connections low.
-        self.redis: Redis = Redis.from_url(url, decode_responses=True, max_connections=2**20)
+        # Every watcher blocks in its own XREAD, so the pool must not cap connections low, and
+        # the socket timeout must outlast the longest block (redis-py's default, 5 s, does not).
+        self.redis: Redis = Redis.from_url(url, decode_responses=True, max_connections=2**20,
+                                           socket_timeout=SOCKET_TIMEOUT_SECONDS)
         self.ttl = max(1, int(ttl_seconds))
         self._outbox: deque[tuple[str, str, str]] = deque()
         self._wake = asyncio.Event()

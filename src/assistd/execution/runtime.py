@@ -45,7 +45,7 @@ def _broker(settings: Settings) -> Broker:
 async def open_runtime(settings: Settings) -> Runtime:
     """Connect to the database (applying migrations), the event broker and the wake-ups."""
     url = settings.resolved_database_url
-    db = open_database(url)
+    db = open_database(url, settings.database_pool_size)
     await db.connect()
     try:
         applied = await migrate(db)

@@ -67,6 +67,7 @@ async def settle_in(
     target: RunStatus,
     *,
     only_from: tuple[str, ...] | None = None,
+    holder: str | None = None,
     **fields: Any,
 ) -> Settled | None:
     """Within a transaction: the guarded move to `target`, closing what the run left open.
@@ -83,7 +84,8 @@ async def settle_in(
     steps = await store.run_steps(run_id, tx)
     if "usage" not in fields:
         fields["usage"] = run_usage(steps)
-    run = await store.transition(run_id, target, tx, only_from=only_from, expires_at=None, required_action=None, **fields)
+    run = await store.transition(run_id, target, tx, only_from=only_from, holder=holder,
+                                 expires_at=None, required_action=None, **fields)
     if run is None:
         return None
     settled = Settled(run)

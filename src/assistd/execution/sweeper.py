@@ -25,10 +25,11 @@ SWEEP_SECONDS = 1.0
 ORPHANED = {"code": "server_error", "message": "The process executing the run stopped unexpectedly."}
 
 
-async def hand_back(rt: Runtime, run_id: str) -> bool:
-    """Put an `in_progress` run whose turn wrote nothing back in the queue, for any worker."""
+async def hand_back(rt: Runtime, run_id: str, holder: str | None = None) -> bool:
+    """Put an `in_progress` run whose turn wrote nothing back in the queue, for any worker
+    (with `holder`: only if that worker still holds it)."""
     run = await rt.store.transition(run_id, RunStatus.QUEUED, only_from=(RunStatus.IN_PROGRESS.value,),
-                                    worker_id=None, heartbeat_at=None)
+                                    holder=holder, worker_id=None, heartbeat_at=None)
     if run is None:
         return False
     rt.broker.publish(run_id, "thread.run.queued", run)
@@ -60,19 +61,23 @@ class Sweeper:
                 log.exception("sweep failed")
 
     async def sweep(self, orphaned_before: float) -> None:
-        store, broker = self.rt.store, self.rt.broker
         owned = self.owned()
-        for row in await store.stale_runs(orphaned_before):
-            run_id = row["id"]
-            if run_id in owned:
-                continue
-            if row["status"] == RunStatus.CANCELLING:
-                await settle(store, broker, run_id, RunStatus.CANCELLED, worker_id=None)
-            elif not await store.has_open_step(run_id) and await hand_back(self.rt, run_id):
+        for row in await self.rt.store.stale_runs(orphaned_before):
+            if row["id"] not in owned:
+                await self._settle_orphan(row["id"], RunStatus(row["status"]), row["worker_id"])
+        for row in await self.rt.store.expirable_runs(now()):
+            await settle(self.rt.store, self.rt.broker, row["id"], RunStatus.EXPIRED)
+
+    async def _settle_orphan(self, run_id: str, status: RunStatus, holder: str | None) -> None:
+        """Every change is guarded by the dead worker still holding the run: another sweeper
+        may have handed it back, and a live worker claimed it since."""
+        store, broker = self.rt.store, self.rt.broker
+        if status is RunStatus.CANCELLING:
+            if await settle(store, broker, run_id, RunStatus.CANCELLED, holder=holder, worker_id=None):
+                log.info("run %s was cancelling when its worker died: cancelled", run_id)
+        elif not await store.has_open_step(run_id):
+            if await hand_back(self.rt, run_id, holder):
                 log.info("run %s lost its worker before writing anything: queued again", run_id)
-            else:
-                log.warning("run %s lost its worker mid-turn: failed", run_id)
-                await settle(store, broker, run_id, RunStatus.FAILED,
-                             only_from=(RunStatus.IN_PROGRESS.value,), last_error=ORPHANED, worker_id=None)
-        for row in await store.expirable_runs(now()):
-            await settle(store, broker, row["id"], RunStatus.EXPIRED)
+        elif await settle(store, broker, run_id, RunStatus.FAILED, only_from=(RunStatus.IN_PROGRESS.value,),
+                          holder=holder, last_error=ORPHANED, worker_id=None):
+            log.warning("run %s lost its worker mid-turn: failed", run_id)

@@ -236,9 +236,9 @@ class PostgresDatabase:
             await conn.execute(sql)
 
 
-def open_database(url: str) -> SQLiteDatabase | PostgresDatabase:
+def open_database(url: str, pool_size: int = 10) -> SQLiteDatabase | PostgresDatabase:
     if url.startswith(("postgresql://", "postgres://")):
-        return PostgresDatabase(url)
+        return PostgresDatabase(url, min_size=min(2, pool_size), max_size=pool_size)
     if url.startswith("sqlite:///"):
         return SQLiteDatabase(Path(url.removeprefix("sqlite:///")))
     raise SystemExit(f"ASSISTD_DATABASE_URL must start with postgresql:// or sqlite:///, got {url!r}")

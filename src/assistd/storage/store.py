@@ -261,24 +261,29 @@ class Store:
         db: Executor | None = None,
         *,
         only_from: tuple[str, ...] | None = None,
+        holder: str | None = None,
         **fields: Any,
     ) -> Obj | None:
-        """Guarded status change: applies only if the run's status may go to `target`.
+        """Guarded status change: applies only if the run's status may go to `target` (and,
+        with `holder`, only while that worker still holds the run).
 
         Returns the updated run, or None when the guard failed (someone else won).
         Entering a terminal status also releases the thread's active-run lock.
         """
         if db is None:
             async with self.db.transaction() as tx:
-                return await self.transition(run_id, target, tx, only_from=only_from, **fields)
+                return await self.transition(run_id, target, tx, only_from=only_from, holder=holder, **fields)
         allowed = only_from or sources(target)
         params: dict[str, Any] = {"id": run_id, "target": target.value}
+        held = ""
+        if holder is not None:
+            held, params["holder"] = " AND worker_id = :holder", holder
         sets = ["status = :target"]
         for key, value in fields.items():
             json_field = key in o.RUN_JSON_STATE_FIELDS
             params[f"f_{key}"] = o.dumps(value) if json_field and value is not None else value
             sets.append(f"{key} = :f_{key}")
-        sql = f"UPDATE runs SET {', '.join(sets)} WHERE id = :id AND status IN (:allowed) RETURNING {RUN_COLUMNS}"
+        sql = f"UPDATE runs SET {', '.join(sets)} WHERE id = :id AND status IN (:allowed){held} RETURNING {RUN_COLUMNS}"
         row = await db.fetchone(expand_in(sql, "allowed", allowed, params), **params)
         if row is None:
             return None
@@ -335,7 +340,7 @@ class Store:
 
     async def stale_runs(self, older_than: float) -> list[Obj]:
         rows = await self.db.fetchall(
-            "SELECT id, thread_id, status FROM runs WHERE status IN ('in_progress', 'cancelling') "
+            "SELECT id, thread_id, status, worker_id FROM runs WHERE status IN ('in_progress', 'cancelling') "
             "AND (heartbeat_at IS NULL OR heartbeat_at < :t)",
             t=older_than,
         )
