@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
+MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # OpenAI's own limit per file
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -41,12 +42,18 @@ class Settings:
     redis_url: str = ""
     database_pool_size: int = 10
     events_ttl_seconds: float = 3600.0
+    max_upload_bytes: int = MAX_UPLOAD_BYTES
 
     @property
     def resolved_database_url(self) -> str:
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'assistd.db').resolve()}"
+
+    @property
+    def files_dir(self) -> Path:
+        """Where uploaded files' bytes live (one file per id; names never come from clients)."""
+        return self.data_dir / "files"
 
     @property
     def is_postgres(self) -> bool:
@@ -74,4 +81,5 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         redis_url=env.get("ASSISTD_REDIS_URL", ""),
         database_pool_size=max(2, int(_float(env, "ASSISTD_DATABASE_POOL_SIZE", 10))),
         events_ttl_seconds=_float(env, "ASSISTD_EVENTS_TTL_SECONDS", 3600.0),
+        max_upload_bytes=int(_float(env, "ASSISTD_MAX_UPLOAD_BYTES", MAX_UPLOAD_BYTES)),
     )

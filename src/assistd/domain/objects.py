@@ -225,3 +225,44 @@ def usage_sum(a: Obj | None, b: Obj | None) -> Obj | None:
         return a
     keys = ("prompt_tokens", "completion_tokens", "total_tokens")
     return {k: int(a.get(k) or 0) + int(b.get(k) or 0) for k in keys}
+
+
+# ---------------------------------------------------------------- files
+
+BATCH_FILE_SECONDS = 30 * 24 * 3600  # OpenAI's default lifetime of a `batch` file
+
+
+def new_file_id() -> str:
+    """OpenAI's file ids join prefix and body with a dash (`file-…`), not an underscore."""
+    return "file-" + new_id("file").removeprefix("file_")
+
+
+def new_file_row(file_id: str, filename: str, purpose: str, size: int, expires_after: int | None) -> Obj:
+    """The row of a file whose bytes are stored; `expires_after` is seconds from creation."""
+    created = now()
+    if expires_after is None and purpose == "batch":
+        expires_after = BATCH_FILE_SECONDS
+    return {
+        "id": file_id,
+        "created_at": created,
+        "bytes": size,
+        "filename": filename,
+        "purpose": purpose,
+        "expires_at": None if expires_after is None else created + expires_after,
+    }
+
+
+def file_object(row: Obj) -> Obj:
+    """The OpenAIFile object; `expires_at` only when set, as the spec has no null for it."""
+    obj: Obj = {
+        "id": row["id"],
+        "object": "file",
+        "bytes": int(row["bytes"]),
+        "created_at": int(row["created_at"]),
+        "filename": row["filename"],
+        "purpose": row["purpose"],
+        "status": "processed",
+    }
+    if row["expires_at"] is not None:
+        obj["expires_at"] = int(row["expires_at"])
+    return obj
