@@ -68,6 +68,8 @@ class LocalSubscription:
         self.queue: asyncio.Queue[Event] = asyncio.Queue()
 
     async def get(self, timeout: float) -> Event | None:
+        if not self.queue.empty() or timeout <= 0:
+            return None if self.queue.empty() else self.queue.get_nowait()
         try:
             return await asyncio.wait_for(self.queue.get(), timeout)
         except TimeoutError:

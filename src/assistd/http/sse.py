@@ -48,6 +48,10 @@ async def _next_event(rt: Runtime, sub: Subscription) -> Event | None:
         if event is not None:
             return event
         run = await rt.store.get_run_by_id(sub.run_id)
+        # The read may have waited (a busy pool): what the run published meanwhile comes first.
+        event = await sub.get(0)
+        if event is not None:
+            return event
         if run is None:
             return None
         if run["status"] in STREAM_STOPS:
