@@ -180,6 +180,8 @@ def deployment(upstream: Upstream, database_url: str, workers: int, keep_logs: b
         "ASSISTD_UPSTREAM_API_KEY": "bench", "ASSISTD_DATABASE_URL": database_url, "ASSISTD_REDIS_URL": REDIS_URL,
         "ASSISTD_SHUTDOWN_GRACE_SECONDS": "2",  # a benchmark that broke off shouldn't wait on live runs
         "ASSISTD_EVENTS_TTL_SECONDS": "600",  # the shared Redis keeps the bench's event streams 10 min, not 1 h
+        # 6 processes × (10 + 1 LISTEN) stay under PostgreSQL's default max_connections of 100.
+        "ASSISTD_DATABASE_POOL_SIZE": "10",
     }
     for name in ("ASSISTD_API_KEYS", "ASSISTD_WORKER_CONCURRENCY"):
         env.pop(name, None)

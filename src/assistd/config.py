@@ -40,7 +40,7 @@ class Settings:
     lease_seconds: float = 20.0
     shutdown_grace_seconds: float = 10.0
     redis_url: str = ""
-    database_pool_size: int = 10
+    database_pool_size: int = 20
     events_ttl_seconds: float = 3600.0
     max_upload_bytes: int = MAX_UPLOAD_BYTES
 
@@ -79,7 +79,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         lease_seconds=_float(env, "ASSISTD_LEASE_SECONDS", 20.0),
         shutdown_grace_seconds=_float(env, "ASSISTD_SHUTDOWN_GRACE_SECONDS", 10.0),
         redis_url=env.get("ASSISTD_REDIS_URL", ""),
-        database_pool_size=max(2, int(_float(env, "ASSISTD_DATABASE_POOL_SIZE", 10))),
+        database_pool_size=max(2, int(_float(env, "ASSISTD_DATABASE_POOL_SIZE", 20))),
         events_ttl_seconds=_float(env, "ASSISTD_EVENTS_TTL_SECONDS", 3600.0),
         max_upload_bytes=int(_float(env, "ASSISTD_MAX_UPLOAD_BYTES", MAX_UPLOAD_BYTES)),
     )

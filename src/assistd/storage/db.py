@@ -236,7 +236,7 @@ class PostgresDatabase:
             await conn.execute(sql)
 
 
-def open_database(url: str, pool_size: int = 10) -> SQLiteDatabase | PostgresDatabase:
+def open_database(url: str, pool_size: int = 20) -> SQLiteDatabase | PostgresDatabase:
     if url.startswith(("postgresql://", "postgres://")):
         return PostgresDatabase(url, min_size=min(2, pool_size), max_size=pool_size)
     if url.startswith("sqlite:///"):
