@@ -97,6 +97,14 @@ def make_cluster(upstream: FakeUpstream, databases: Databases,
         srv.stop(timeout=15)
 
 
+def _start_run(cluster: Cluster, marker: str) -> tuple[openai.OpenAI, Any, Any, Any]:
+    """On API process 0: an assistant, a thread whose message is `marker`, and a run on it."""
+    client = cluster.client(0)
+    asst = assistant(client)
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": marker}])
+    return client, asst, thread, client.beta.threads.runs.create(thread_id=thread.id, assistant_id=asst.id)
+
+
 def _events_url(api: AssistdServer, thread_id: str, run_id: str) -> str:
     return f"{api.base_url}/threads/{thread_id}/runs/{run_id}/events"
 
@@ -149,10 +157,7 @@ def test_other_api_process_replays_a_runs_events_and_follows_it_live(make_cluste
     cluster = make_cluster()
     text = " ".join(f"w{i}" for i in range(40))
     upstream.on("follow me", Reply.text(text, chunk_delay=0.03))
-    client = cluster.client(0)
-    asst = assistant(client)
-    thread = client.beta.threads.create(messages=[{"role": "user", "content": "follow me"}])
-    run = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=asst.id)
+    client, asst, thread, run = _start_run(cluster, "follow me")
     upstream.wait_for_requests(1)
     api = cluster.apis[1]
     with httpx.stream("GET", _events_url(api, thread.id, run.id), params={"after": "0"},
@@ -260,10 +265,7 @@ def test_cancel_from_either_api_process_stops_the_workers_upstream_request(
 def test_run_of_a_killed_worker_is_settled_by_another(make_cluster: Any, upstream: FakeUpstream) -> None:
     cluster = make_cluster()
     upstream.on("doomed", Reply.text(" ".join(["x"] * 2000), chunk_delay=0.02))
-    client = cluster.client(0)
-    asst = assistant(client)
-    thread = client.beta.threads.create(messages=[{"role": "user", "content": "doomed"}])
-    run = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=asst.id)
+    client, asst, thread, run = _start_run(cluster, "doomed")
     wait_until(lambda: len(client.beta.threads.messages.list(thread_id=thread.id).data) == 2,
                what="the answer's message")  # the turn has written something: it can't be re-run
     victim = cluster.worker_of(run.id)
@@ -286,10 +288,7 @@ def test_run_of_a_killed_worker_that_had_written_nothing_is_resumed_by_another(
 ) -> None:
     cluster = make_cluster()
     upstream.on("resume me", [Reply.hang(before_headers=True), Reply.text("resumed answer")])
-    client = cluster.client(0)
-    asst = assistant(client)
-    thread = client.beta.threads.create(messages=[{"role": "user", "content": "resume me"}])
-    run = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=asst.id)
+    client, asst, thread, run = _start_run(cluster, "resume me")
     upstream.wait_for_requests(1)
     victim = cluster.worker_of(run.id)
     victim.kill()
@@ -306,10 +305,7 @@ def test_sigterm_lets_a_worker_finish_its_run_before_it_exits(make_cluster: Any,
     cluster = make_cluster(workers=1)
     text = " ".join(f"t{i}" for i in range(40))
     upstream.on("finish me", Reply.text(text, chunk_delay=0.05))  # about 2 s
-    client = cluster.client(0)
-    asst = assistant(client)
-    thread = client.beta.threads.create(messages=[{"role": "user", "content": "finish me"}])
-    run = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=asst.id)
+    client, asst, thread, run = _start_run(cluster, "finish me")
     upstream.wait_for_requests(1)
     worker = cluster.workers[0]
     assert worker.stop(signal.SIGTERM, timeout=30) == 0
@@ -433,10 +429,7 @@ def test_cancel_still_stops_the_run_while_redis_is_down(
     redis_url, redis_proc = own_redis
     cluster = make_cluster(env={"ASSISTD_REDIS_URL": redis_url})
     upstream.on("no redis", Reply.text(" ".join(["r"] * 2000), chunk_delay=0.02))
-    client = cluster.client(0)
-    asst = assistant(client)
-    thread = client.beta.threads.create(messages=[{"role": "user", "content": "no redis"}])
-    run = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=asst.id)
+    client, asst, thread, run = _start_run(cluster, "no redis")
     wait_until(lambda: len(client.beta.threads.messages.list(thread_id=thread.id).data) == 2,
                what="the answer's message")
     redis_proc.kill()
