@@ -52,7 +52,7 @@ def test_migrate_command_is_idempotent(tmp_path: Path) -> None:
     env = {"PATH": "/usr/bin:/bin", "ASSISTD_DATA_DIR": str(tmp_path)}
     first = subprocess.run([sys.executable, "-m", "assistd", "migrate"], env=env, capture_output=True, text=True, timeout=60)
     second = subprocess.run([sys.executable, "-m", "assistd", "migrate"], env=env, capture_output=True, text=True, timeout=60)
-    assert first.returncode == 0 and "[1, 2]" in first.stdout
+    assert first.returncode == 0 and "[1, 2, 3]" in first.stdout
     assert second.returncode == 0 and "up to date" in second.stdout
 
 

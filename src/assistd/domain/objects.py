@@ -266,3 +266,96 @@ def file_object(row: Obj) -> Obj:
     if row["expires_at"] is not None:
         obj["expires_at"] = int(row["expires_at"])
     return obj
+
+
+# ---------------------------------------------------------------- vector stores
+
+DAY_SECONDS = 24 * 3600
+# What OpenAI reports for the `auto` strategy (and uses when none is given).
+AUTO_CHUNKING: Obj = {"type": "static", "static": {"max_chunk_size_tokens": 800, "chunk_overlap_tokens": 400}}
+FILE_STATUSES = ("in_progress", "completed", "failed", "cancelled")
+
+
+def resolved_chunking(strategy: Obj | None) -> Obj:
+    """A request's `chunking_strategy` as stored and reported: always `static` with its sizes."""
+    if not strategy or strategy.get("type") == "auto":
+        return AUTO_CHUNKING
+    return {"type": "static", "static": dict(strategy["static"])}
+
+
+def new_vector_store_row(params: Obj) -> Obj:
+    created = now()
+    return {
+        "id": new_id("vs"),
+        "created_at": created,
+        "name": params.get("name") or "",
+        "metadata": dumps(params.get("metadata") or {}),
+        "expires_after": None if params.get("expires_after") is None else dumps(params["expires_after"]),
+        "last_active_at": created,
+    }
+
+
+def file_counts(by_status: dict[str, int]) -> Obj:
+    counts = {status: int(by_status.get(status, 0)) for status in FILE_STATUSES}
+    return {**counts, "total": sum(counts.values())}
+
+
+def vector_store_object(row: Obj, by_status: dict[str, int], usage_bytes: int) -> Obj:
+    """`status` and `expires_at` follow from the files' states and the expiration policy."""
+    expires_after = loads_or_none(row["expires_after"])
+    expires_at = None
+    if expires_after is not None:
+        expires_at = int(row["last_active_at"]) + int(expires_after["days"]) * DAY_SECONDS
+    counts = file_counts(by_status)
+    status = "in_progress" if counts["in_progress"] else "completed"
+    if expires_at is not None and expires_at <= now():
+        status = "expired"
+    obj: Obj = {
+        "id": row["id"],
+        "object": "vector_store",
+        "created_at": int(row["created_at"]),
+        "name": row["name"],
+        "usage_bytes": int(usage_bytes),
+        "file_counts": counts,
+        "status": status,
+        "last_active_at": int(row["last_active_at"]),
+        "expires_at": expires_at,
+        "metadata": json.loads(row["metadata"]),
+    }
+    if expires_after is not None:
+        obj["expires_after"] = expires_after
+    return obj
+
+
+def vector_store_file_object(row: Obj) -> Obj:
+    return {
+        "id": row["id"],
+        "object": "vector_store.file",
+        "usage_bytes": int(row["usage_bytes"]),
+        "created_at": int(row["created_at"]),
+        "vector_store_id": row["vector_store_id"],
+        "status": row["status"],
+        "last_error": loads_or_none(row["last_error"]),
+        "chunking_strategy": json.loads(row["chunking_strategy"]),
+        "attributes": loads_or_none(row["attributes"]) or {},
+    }
+
+
+def file_batch_object(row: Obj, by_status: dict[str, int]) -> Obj:
+    counts = file_counts(by_status)
+    if row["cancelled"]:
+        status = "cancelled"
+    elif counts["in_progress"]:
+        status = "in_progress"
+    elif counts["failed"] and counts["failed"] == counts["total"]:
+        status = "failed"
+    else:
+        status = "completed"
+    return {
+        "id": row["id"],
+        "object": "vector_store.files_batch",
+        "created_at": int(row["created_at"]),
+        "vector_store_id": row["vector_store_id"],
+        "status": status,
+        "file_counts": counts,
+    }

@@ -18,6 +18,7 @@ from typing import Any
 
 from assistd.domain.ids import new_id
 from assistd.execution.executor import RunTurn, StopReason
+from assistd.execution.ingest import Ingester
 from assistd.execution.runtime import Runtime
 from assistd.execution.sweeper import Sweeper
 
@@ -38,6 +39,7 @@ class Worker:
         self.concurrency = max(1, rt.settings.worker_concurrency)
         self.turns: dict[str, tuple[RunTurn, asyncio.Task[None]]] = {}
         self.sweeper = Sweeper(rt, owned=lambda: self.turns.keys())
+        self.ingester = Ingester(rt, self.id)  # vector store files, next to the runs
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False
         rt.signals.on_cancel(self.stop_run)
@@ -50,6 +52,7 @@ class Worker:
             asyncio.create_task(self._heartbeat_loop(), name="assistd-heartbeat"),
         ]
         self.sweeper.start()
+        await self.ingester.start()
         self.rt.signals.queued.set()
         log.info("worker ready: %s takes up to %d runs", self.id, self.concurrency)
 
@@ -121,6 +124,7 @@ class Worker:
         """Stop claiming and let running turns finish for `grace` seconds; then hand back
         the runs whose turn has written nothing yet and end the others `failed`."""
         self._stopping = True
+        await self.ingester.stop()
         for loop in self._loops:
             loop.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)

@@ -19,7 +19,7 @@ from assistd.domain.errors import ApiError
 from assistd.execution.runtime import Runtime, close_runtime, open_runtime
 from assistd.execution.sweeper import Sweeper
 from assistd.execution.worker import Worker
-from assistd.http import assistants, files, runs, threads
+from assistd.http import assistants, files, runs, threads, vector_stores
 from assistd.http.auth import ApiKeyMiddleware
 from assistd.http.errors import (
     api_error_handler,
@@ -62,7 +62,8 @@ def create_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
     return Starlette(
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
-            Mount("/v1", routes=[*assistants.routes, *files.routes, *runs.routes, *threads.routes]),
+            Mount("/v1", routes=[*assistants.routes, *files.routes, *runs.routes, *threads.routes,
+                                 *vector_stores.routes]),
         ],
         middleware=[Middleware(ApiKeyMiddleware, keys=settings.api_keys)],
         exception_handlers={

@@ -1,7 +1,12 @@
-"""Versioned migrations: numbered .sql files, applied in order at start, each recorded once."""
+"""Versioned migrations: numbered .sql files, applied in order at start, each recorded once.
+
+Statements end with `;`. A statement preceded by a `-- dialect: sqlite` (or `postgresql`) line
+runs on that database only; every other statement runs on both.
+"""
 
 from __future__ import annotations
 
+import re
 from importlib import resources
 
 from assistd.storage.db import Database
@@ -37,7 +42,7 @@ async def migrate(db: Database) -> list[int]:
             )
             if done:
                 continue
-            for statement in _statements(sql.replace("{seq}", _SEQ[db.dialect])):
+            for statement in statements(sql.replace("{seq}", _SEQ[db.dialect]), db.dialect):
                 await tx.execute(statement)
             await tx.execute("INSERT INTO schema_migrations (version) VALUES (:v)", v=version)
             applied.append(version)
@@ -48,6 +53,17 @@ async def migrate(db: Database) -> list[int]:
 _LOCK = {"postgresql": "SELECT pg_advisory_xact_lock(7413001)"}
 
 
-def _statements(sql: str) -> list[str]:
-    lines = [line for line in sql.splitlines() if not line.strip().startswith("--")]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+_DIALECT = re.compile(r"--\s*dialect:\s*(\w+)\s*")
+
+
+def statements(sql: str, dialect: str) -> list[str]:
+    """The statements of a migration that apply to `dialect`, comments removed."""
+    lines = [line for line in sql.splitlines()
+             if not line.strip().startswith("--") or _DIALECT.fullmatch(line.strip())]
+    found = []
+    for chunk in "\n".join(lines).split(";"):
+        marks = _DIALECT.findall(chunk)
+        text = _DIALECT.sub("", chunk).strip()
+        if text and (not marks or dialect in marks):
+            found.append(text)
+    return found

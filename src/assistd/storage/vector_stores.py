@@ -1,0 +1,346 @@
+"""Vector stores, their files and the files' text chunks, with lexical search over the chunks.
+
+A vector store's `file_counts`, `usage_bytes` and `status` are computed from its files' rows
+on every read, so nothing has to be kept in step. Chunks are written in the same transaction
+as the guarded `in_progress → completed` change of their file: a file is searchable exactly
+when it is `completed`.
+
+Search is lexical: FTS5 with bm25 on SQLite, `tsvector` with `ts_rank_cd` on PostgreSQL. Both
+raw scores are turned into 0–1 the same way, `r / (r + 1)` (PostgreSQL's normalization 32).
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from assistd.domain import objects as o
+from assistd.domain.errors import ApiError, invalid, not_found
+from assistd.domain.ids import new_id, now
+from assistd.storage.db import Database, Executor, expand_in
+from assistd.storage.pages import PageParams, fetch_page, list_object
+
+Obj = dict[str, Any]
+
+STORE_COLUMNS = "id, created_at, name, metadata, expires_after, last_active_at"
+FILE_COLUMNS = ("id, vector_store_id, batch_id, created_at, status, usage_bytes, last_error, "
+                "chunking_strategy, attributes")
+BATCH_COLUMNS = "id, vector_store_id, created_at, cancelled"
+_WORD = re.compile(r"\w+")
+Entry = tuple[str, Obj | None, Obj | None]  # a file to attach: id, chunking strategy, attributes
+
+
+def _file_not_found(vector_store_id: str, file_id: str) -> ApiError:
+    return ApiError(404, f"No file found with id '{file_id}' in vector store '{vector_store_id}'.")
+
+
+async def _counts(db: Executor, store_ids: list[str]) -> dict[str, tuple[dict[str, int], int]]:
+    """Per store: how many of its files are in each status, and their total usage in bytes."""
+    if not store_ids:
+        return {}
+    params: dict[str, Any] = {}
+    sql = expand_in(
+        "SELECT vector_store_id, status, COUNT(*) AS n, COALESCE(SUM(usage_bytes), 0) AS b "
+        "FROM vector_store_files WHERE vector_store_id IN (:ids) GROUP BY vector_store_id, status",
+        "ids", store_ids, params,
+    )
+    found: dict[str, tuple[dict[str, int], int]] = {i: ({}, 0) for i in store_ids}
+    for row in await db.fetchall(sql, **params):
+        by_status, usage = found[row["vector_store_id"]]
+        by_status[row["status"]] = int(row["n"])
+        found[row["vector_store_id"]] = (by_status, usage + int(row["b"]))
+    return found
+
+
+def search_terms(queries: list[str]) -> list[str]:
+    """The distinct words of the queries, which any matching chunk must share one of."""
+    seen: dict[str, None] = {}
+    for query in queries:
+        for word in _WORD.findall(query.lower()):
+            seen.setdefault(word, None)
+    return list(seen)
+
+
+class VectorStoreStore:
+    def __init__(self, db: Database) -> None:
+        self.db = db
+
+    # ------------------------------------------------------------ stores
+
+    async def _objects(self, rows: list[Obj]) -> list[Obj]:
+        counts = await _counts(self.db, [r["id"] for r in rows])
+        return [o.vector_store_object(r, *counts[r["id"]]) for r in rows]
+
+    async def _row(self, vector_store_id: str) -> Obj:
+        row = await self.db.fetchone(f"SELECT {STORE_COLUMNS} FROM vector_stores WHERE id = :id",
+                                     id=vector_store_id)
+        if row is None:
+            raise not_found("vector store", vector_store_id)
+        return row
+
+    async def get(self, vector_store_id: str) -> Obj:
+        return (await self._objects([await self._row(vector_store_id)]))[0]
+
+    async def create(self, params: Obj, file_ids: list[str]) -> Obj:
+        row = o.new_vector_store_row(params)
+        strategy = params.get("chunking_strategy")
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO vector_stores (id, created_at, name, metadata, expires_after, last_active_at) "
+                "VALUES (:id, :created_at, :name, :metadata, :expires_after, :last_active_at)", **row)
+            await _insert_files(tx, row["id"], [(file_id, strategy, None) for file_id in file_ids], None)
+        return await self.get(row["id"])
+
+    async def list(self, page: PageParams) -> Obj:
+        rows, more = await fetch_page(self.db, "vector_stores", STORE_COLUMNS, "1 = 1", {}, page)
+        return list_object(await self._objects(rows), more)
+
+    async def update(self, vector_store_id: str, params: Obj) -> Obj:
+        changes: Obj = {"last_active_at": now()}
+        if "name" in params:
+            changes["name"] = params["name"] or ""
+        if params.get("metadata") is not None:
+            changes["metadata"] = o.dumps(params["metadata"])
+        if "expires_after" in params:
+            value = params["expires_after"]
+            changes["expires_after"] = None if value is None else o.dumps(value)
+        assignments = ", ".join(f"{key} = :{key}" for key in changes)
+        count = await self.db.execute(f"UPDATE vector_stores SET {assignments} WHERE id = :id",
+                                      id=vector_store_id, **changes)
+        if not count:
+            raise not_found("vector store", vector_store_id)
+        return await self.get(vector_store_id)
+
+    async def touch(self, vector_store_id: str) -> None:
+        """Keep `last_active_at` (and so `expires_at`) true; at most one write a second."""
+        await self.db.execute("UPDATE vector_stores SET last_active_at = :t WHERE id = :id AND last_active_at < :t",
+                              t=now(), id=vector_store_id)
+
+    async def delete(self, vector_store_id: str) -> None:
+        async with self.db.transaction() as tx:
+            # Files before chunks: on PostgreSQL this waits for an ingester finishing one of
+            # them, so the chunks it commits are seen, and deleted, here.
+            await tx.execute("DELETE FROM vector_store_files WHERE vector_store_id = :vs", vs=vector_store_id)
+            await self._delete_chunks(tx, vector_store_id, None)
+            await tx.execute("DELETE FROM vector_store_file_batches WHERE vector_store_id = :vs",
+                             vs=vector_store_id)
+            count = await tx.execute("DELETE FROM vector_stores WHERE id = :vs", vs=vector_store_id)
+            if not count:
+                raise not_found("vector store", vector_store_id)
+
+    async def _delete_chunks(self, tx: Executor, vector_store_id: str, file_id: str | None) -> None:
+        scope = "vector_store_id = :vs" + (" AND file_id = :f" if file_id else "")
+        params = {"vs": vector_store_id, **({"f": file_id} if file_id else {})}
+        if self.db.dialect == "sqlite":
+            await tx.execute("DELETE FROM vector_store_chunks_fts WHERE rowid IN "
+                             f"(SELECT seq FROM vector_store_chunks WHERE {scope})", **params)
+        await tx.execute(f"DELETE FROM vector_store_chunks WHERE {scope}", **params)
+
+    # ------------------------------------------------------------ files
+
+    async def add_file(self, vector_store_id: str, file_id: str, strategy: Obj | None,
+                       attributes: Obj | None) -> Obj:
+        await self._row(vector_store_id)
+        if not await _file_exists(self.db, file_id):
+            raise not_found("file", file_id)
+        async with self.db.transaction() as tx:
+            await _insert_files(tx, vector_store_id, [(file_id, strategy, attributes)], None)
+        await self.touch(vector_store_id)
+        return await self.get_file(vector_store_id, file_id)
+
+    async def get_file(self, vector_store_id: str, file_id: str) -> Obj:
+        await self._row(vector_store_id)
+        row = await self.db.fetchone(
+            f"SELECT {FILE_COLUMNS} FROM vector_store_files WHERE vector_store_id = :vs AND id = :f",
+            vs=vector_store_id, f=file_id)
+        if row is None:
+            raise _file_not_found(vector_store_id, file_id)
+        return o.vector_store_file_object(row)
+
+    async def list_files(self, vector_store_id: str, page: PageParams, status: str | None,
+                         batch_id: str | None = None) -> Obj:
+        await self._row(vector_store_id)
+        scope, params = "vector_store_id = :vs", {"vs": vector_store_id, "st": status, "b": batch_id}
+        if status:
+            scope += " AND status = :st"
+        if batch_id:
+            scope += " AND batch_id = :b"
+        rows, more = await fetch_page(self.db, "vector_store_files", FILE_COLUMNS, scope, params, page)
+        return list_object([o.vector_store_file_object(r) for r in rows], more)
+
+    async def update_file(self, vector_store_id: str, file_id: str, attributes: Obj | None) -> Obj:
+        count = await self.db.execute(
+            "UPDATE vector_store_files SET attributes = :a WHERE vector_store_id = :vs AND id = :f",
+            a=None if attributes is None else o.dumps(attributes), vs=vector_store_id, f=file_id)
+        if not count:
+            await self._row(vector_store_id)
+            raise _file_not_found(vector_store_id, file_id)
+        return await self.get_file(vector_store_id, file_id)
+
+    async def delete_file(self, vector_store_id: str, file_id: str) -> None:
+        """Detach a file: its row and its chunks go in one transaction."""
+        await self._row(vector_store_id)
+        async with self.db.transaction() as tx:
+            count = await tx.execute("DELETE FROM vector_store_files WHERE vector_store_id = :vs AND id = :f",
+                                     vs=vector_store_id, f=file_id)
+            if not count:
+                raise _file_not_found(vector_store_id, file_id)
+            await self._delete_chunks(tx, vector_store_id, file_id)
+
+    async def file_chunks(self, vector_store_id: str, file_id: str) -> list[str]:
+        await self.get_file(vector_store_id, file_id)
+        rows = await self.db.fetchall(
+            "SELECT text FROM vector_store_chunks WHERE vector_store_id = :vs AND file_id = :f ORDER BY position",
+            vs=vector_store_id, f=file_id)
+        return [r["text"] for r in rows]
+
+    # ------------------------------------------------------------ batches
+
+    async def create_batch(self, vector_store_id: str, entries: list[Entry]) -> Obj:
+        """Attach files as one batch; each entry is (file id, chunking strategy, attributes)."""
+        await self._row(vector_store_id)
+        batch_id = new_id("vsfb")
+        async with self.db.transaction() as tx:
+            await tx.execute(
+                "INSERT INTO vector_store_file_batches (id, vector_store_id, created_at, cancelled) "
+                "VALUES (:id, :vs, :t, 0)", id=batch_id, vs=vector_store_id, t=now())
+            await _insert_files(tx, vector_store_id, entries, batch_id)
+        await self.touch(vector_store_id)
+        return await self.get_batch(vector_store_id, batch_id)
+
+    async def get_batch(self, vector_store_id: str, batch_id: str) -> Obj:
+        row = await self.db.fetchone(
+            f"SELECT {BATCH_COLUMNS} FROM vector_store_file_batches WHERE id = :b AND vector_store_id = :vs",
+            b=batch_id, vs=vector_store_id)
+        if row is None:
+            await self._row(vector_store_id)
+            raise not_found("file batch", batch_id)
+        rows = await self.db.fetchall(
+            "SELECT status, COUNT(*) AS n FROM vector_store_files WHERE batch_id = :b GROUP BY status", b=batch_id)
+        return o.file_batch_object(row, {r["status"]: int(r["n"]) for r in rows})
+
+    async def cancel_batch(self, vector_store_id: str, batch_id: str) -> Obj:
+        """Files of the batch still `in_progress` end `cancelled` (an ingester's finish then fails)."""
+        await self.get_batch(vector_store_id, batch_id)
+        async with self.db.transaction() as tx:
+            await tx.execute("UPDATE vector_store_file_batches SET cancelled = 1 WHERE id = :b", b=batch_id)
+            await tx.execute(
+                "UPDATE vector_store_files SET status = 'cancelled', claimed_by = NULL, claimed_at = NULL "
+                "WHERE batch_id = :b AND status = 'in_progress'", b=batch_id)
+        return await self.get_batch(vector_store_id, batch_id)
+
+    # ------------------------------------------------------------ search
+
+    async def search(self, vector_store_id: str, queries: list[str], limit: int, threshold: float) -> list[Obj]:
+        """The best-scoring chunks of the store's completed files, best first."""
+        await self._row(vector_store_id)
+        await self.touch(vector_store_id)
+        terms = search_terms(queries)
+        if not terms:
+            return []
+        if self.db.dialect == "sqlite":
+            rows = await self._search_sqlite(vector_store_id, terms, limit)
+        else:
+            rows = await self._search_postgres(vector_store_id, terms, limit)
+        for row in rows:
+            row["attributes"] = o.loads_or_none(row["attributes"]) or {}
+        return [r for r in rows if r["score"] >= threshold]
+
+    async def _search_sqlite(self, vector_store_id: str, terms: list[str], limit: int) -> list[Obj]:
+        match = " OR ".join(f'"{term}"' for term in terms)  # \w+ words: no quotes inside
+        rows = await self.db.fetchall(
+            "SELECT c.file_id, c.text, f.attributes, COALESCE(fl.filename, '') AS filename, "
+            "-bm25(vector_store_chunks_fts) AS raw "
+            "FROM vector_store_chunks_fts JOIN vector_store_chunks c ON c.seq = vector_store_chunks_fts.rowid "
+            "JOIN vector_store_files f ON f.vector_store_id = c.vector_store_id AND f.id = c.file_id "
+            "LEFT JOIN files fl ON fl.id = c.file_id "
+            "WHERE vector_store_chunks_fts MATCH :q AND c.vector_store_id = :vs AND f.status = 'completed' "
+            "ORDER BY raw DESC, c.seq LIMIT :n",
+            q=match, vs=vector_store_id, n=limit)
+        for row in rows:
+            raw = max(0.0, float(row.pop("raw")))
+            row["score"] = raw / (raw + 1.0)
+        return rows
+
+    async def _search_postgres(self, vector_store_id: str, terms: list[str], limit: int) -> list[Obj]:
+        query = " or ".join(term for term in terms if term != "or")
+        rows = await self.db.fetchall(
+            "SELECT c.file_id, c.text, f.attributes, COALESCE(fl.filename, '') AS filename, "
+            "ts_rank_cd(c.tsv, q, 32)::float8 AS score "
+            "FROM websearch_to_tsquery('english', :q) AS q, vector_store_chunks c "
+            "JOIN vector_store_files f ON f.vector_store_id = c.vector_store_id AND f.id = c.file_id "
+            "LEFT JOIN files fl ON fl.id = c.file_id "
+            "WHERE c.tsv @@ q AND c.vector_store_id = :vs AND f.status = 'completed' "
+            "ORDER BY score DESC, c.seq LIMIT :n",
+            q=query or "''", vs=vector_store_id, n=limit)
+        return rows
+
+    # ------------------------------------------------------------ ingestion
+
+    async def release_claims(self) -> None:
+        """Forget every claim (SQLite at start: no other process can hold one)."""
+        await self.db.execute("UPDATE vector_store_files SET claimed_by = NULL, claimed_at = NULL "
+                              "WHERE status = 'in_progress'")
+
+    async def claim_files(self, holder: str, limit: int, at: float, stale_before: float) -> list[Obj]:
+        """Take up to `limit` pending files: unclaimed, or claimed by a holder whose lease lapsed."""
+        skip_locked = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgresql" else ""
+        async with self.db.transaction() as tx:
+            rows = await tx.fetchall(
+                "WITH picked AS MATERIALIZED (SELECT seq FROM vector_store_files WHERE status = 'in_progress' "
+                f"AND (claimed_by IS NULL OR claimed_at < :stale) ORDER BY seq LIMIT :n{skip_locked}) "
+                "UPDATE vector_store_files SET claimed_by = :w, claimed_at = :at "
+                "WHERE status = 'in_progress' AND seq IN (SELECT seq FROM picked) "
+                "RETURNING id, vector_store_id, chunking_strategy",
+                w=holder, at=at, stale=stale_before, n=limit)
+        return rows
+
+    async def renew_claims(self, holder: str, at: float) -> None:
+        await self.db.execute("UPDATE vector_store_files SET claimed_at = :at "
+                              "WHERE claimed_by = :w AND status = 'in_progress'", at=at, w=holder)
+
+    async def finish_file(self, holder: str, vector_store_id: str, file_id: str, chunks: list[str]) -> bool:
+        """Store a file's chunks and mark it `completed`, only if `holder` still holds it."""
+        usage = sum(len(chunk.encode()) for chunk in chunks)
+        async with self.db.transaction() as tx:
+            count = await tx.execute(
+                "UPDATE vector_store_files SET status = 'completed', usage_bytes = :b, claimed_by = NULL, "
+                "claimed_at = NULL WHERE vector_store_id = :vs AND id = :f AND claimed_by = :w "
+                "AND status = 'in_progress'", b=usage, vs=vector_store_id, f=file_id, w=holder)
+            if not count:
+                return False
+            await self._delete_chunks(tx, vector_store_id, file_id)
+            for position, text in enumerate(chunks):
+                await tx.execute("INSERT INTO vector_store_chunks (vector_store_id, file_id, position, text) "
+                                 "VALUES (:vs, :f, :p, :t)", vs=vector_store_id, f=file_id, p=position, t=text)
+            if self.db.dialect == "sqlite":
+                await tx.execute("INSERT INTO vector_store_chunks_fts (rowid, text) SELECT seq, text "
+                                 "FROM vector_store_chunks WHERE vector_store_id = :vs AND file_id = :f",
+                                 vs=vector_store_id, f=file_id)
+        return True
+
+    async def fail_file(self, holder: str, vector_store_id: str, file_id: str, error: Obj) -> bool:
+        count = await self.db.execute(
+            "UPDATE vector_store_files SET status = 'failed', last_error = :e, claimed_by = NULL, "
+            "claimed_at = NULL WHERE vector_store_id = :vs AND id = :f AND claimed_by = :w "
+            "AND status = 'in_progress'", e=o.dumps(error), vs=vector_store_id, f=file_id, w=holder)
+        return count > 0
+
+
+async def _insert_files(tx: Executor, vector_store_id: str, entries: list[Entry], batch_id: str | None) -> None:
+    """Attach files (each must exist in /v1/files); a file already attached stays as it is."""
+    for file_id, strategy, attributes in entries:
+        if not await _file_exists(tx, file_id):
+            raise invalid(f"Invalid 'file_ids': no file found with id '{file_id}'.", "file_ids")
+        await tx.execute(
+            "INSERT INTO vector_store_files (id, vector_store_id, batch_id, created_at, status, chunking_strategy, "
+            "attributes) VALUES (:f, :vs, :b, :t, 'in_progress', :cs, :a) "
+            "ON CONFLICT (vector_store_id, id) DO NOTHING",
+            f=file_id, vs=vector_store_id, b=batch_id, t=now(), cs=o.dumps(o.resolved_chunking(strategy)),
+            a=None if attributes is None else o.dumps(attributes))
+
+
+async def _file_exists(db: Executor, file_id: str) -> bool:
+    row = await db.fetchone("SELECT id FROM files WHERE id = :f AND (expires_at IS NULL OR expires_at > :t)",
+                            f=file_id, t=now())
+    return row is not None
