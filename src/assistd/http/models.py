@@ -9,16 +9,21 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 Metadata = dict[str, str]
 
 
-def check_metadata(value: Metadata | None) -> Metadata | None:
+def check_pairs(value: dict[str, Any] | None, what: str) -> None:
+    """OpenAI's bounds on metadata and attributes: 16 pairs, keys ≤ 64, string values ≤ 512."""
     if value is None:
-        return value
+        return
     if len(value) > 16:
-        raise ValueError("metadata can have at most 16 key-value pairs")
+        raise ValueError(f"{what} can have at most 16 key-value pairs")
     for key, item in value.items():
         if len(key) > 64:
-            raise ValueError(f"metadata key '{key[:20]}…' is longer than 64 characters")
-        if len(item) > 512:
-            raise ValueError(f"metadata value for '{key}' is longer than 512 characters")
+            raise ValueError(f"{what} key '{key[:20]}…' is longer than 64 characters")
+        if isinstance(item, str) and len(item) > 512:
+            raise ValueError(f"{what} value for '{key}' is longer than 512 characters")
+
+
+def check_metadata(value: Metadata | None) -> Metadata | None:
+    check_pairs(value, "metadata")
     return value
 
 

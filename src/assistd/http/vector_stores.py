@@ -14,7 +14,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from assistd.http.common import deleted, ok, page, params, path, runtime
-from assistd.http.models import ListQuery, Model, WithMetadata
+from assistd.http.models import ListQuery, Model, WithMetadata, check_pairs
 from assistd.storage.vector_stores import VectorStoreStore
 
 Obj = dict[str, Any]
@@ -24,15 +24,7 @@ FILTERED_CANDIDATES = 1000
 
 
 def check_attributes(value: dict[str, AttributeValue] | None) -> dict[str, AttributeValue] | None:
-    if value is None:
-        return value
-    if len(value) > 16:
-        raise ValueError("attributes can have at most 16 key-value pairs")
-    for key, item in value.items():
-        if len(key) > 64:
-            raise ValueError(f"attribute key '{key[:20]}…' is longer than 64 characters")
-        if isinstance(item, str) and len(item) > 512:
-            raise ValueError(f"attribute value for '{key}' is longer than 512 characters")
+    check_pairs(value, "attributes")
     return value
 
 
