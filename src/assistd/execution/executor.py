@@ -2,7 +2,9 @@
 model said (a message, or tool calls), and move the run to its next status.
 
 A run that needs tool outputs ends its turn at `requires_action`; submitting the outputs
-queues the run again and a later turn continues from what the database holds.
+queues the run again and a later turn continues from what the database holds. Calls of the
+`file_search` tool are answered by assistd itself, and the turn goes on with another
+upstream call.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 from assistd.domain import objects as o
 from assistd.domain.ids import new_id, now
 from assistd.domain.run_state import RunStatus
-from assistd.execution import prompt
+from assistd.execution import file_search, prompt
 from assistd.execution.runtime import Runtime
 from assistd.execution.settle import Settled, run_usage, settle, settle_in
 from assistd.execution.sweeper import hand_back
@@ -41,6 +43,13 @@ class RunTurn:
         self.rt = rt
         self.run = run
         self.stop_reason = StopReason.CANCEL
+        self.store_ids: list[str] = []  # the vector stores file_search looks in
+        self.steps: list[Obj] = []  # the run's steps before this upstream call
+        self.searching = False  # the model is offered file_search in this call
+        self._reset()
+
+    def _reset(self) -> None:
+        """Forget the last upstream call: the next one starts afresh from the database."""
         self.message: Obj | None = None
         self.message_step: Obj | None = None
         self.tool_step: Obj | None = None
@@ -82,19 +91,28 @@ class RunTurn:
     # ------------------------------------------------------------ the turn
 
     async def _turn(self) -> None:
+        if file_search.tool(self.run) is not None:
+            self.store_ids = await file_search.vector_store_ids(self.rt.store, self.run)
+        while await self._call():
+            self._reset()
+
+    async def _call(self) -> bool:
+        """One upstream call; True when the turn goes on with another (file_search was answered)."""
         store = self.rt.store
-        steps = await store.run_steps(self.run_id)
+        self.steps = steps = await store.run_steps(self.run_id)
         history = await store.thread_messages(self.run["thread_id"])
         used = run_usage(steps)
+        self.searching = bool(self.store_ids) and file_search.rounds(steps) < file_search.MAX_ROUNDS
         request = self._request(history, steps, used)
         if isinstance(request, str):
-            return await self._end_incomplete(request)
+            await self._end_incomplete(request)
+            return False
         async with self.rt.upstream.stream(request) as chunks:
             async for chunk in chunks:
                 await self._on_chunk(chunk)
         if self.finish_reason is None:  # the connection ended without the completion's end
             raise UpstreamError("server_error", "The upstream stream ended before the completion finished.")
-        await self._finish(used)
+        return await self._finish(used)
 
     def _budgets(self, used: Obj) -> tuple[int | None, int | None]:
         max_prompt = self.run.get("max_prompt_tokens")
@@ -115,7 +133,8 @@ class RunTurn:
         except prompt.PromptTooLong:
             return "max_prompt_tokens"
         self.prompt_estimate = prompt.estimate_tokens(messages)
-        return prompt.build_request(self.run, messages, completion_left, self.rt.upstream.max_tokens_param)
+        run = file_search.request_run(self.run, steps)
+        return prompt.build_request(run, messages, completion_left, self.rt.upstream.max_tokens_param, self.searching)
 
     async def _on_chunk(self, chunk: ChatCompletionChunk) -> None:
         if chunk.usage is not None:
@@ -202,10 +221,21 @@ class RunTurn:
                           "function": {"name": name, "arguments": arguments, "output": None}}
             if first:
                 entry["id"] = call["id"]
+            if self._is_search(call):  # shown as a file_search call when it is answered
+                continue
             self.publish("thread.run.step.delta", {
                 "id": step["id"], "object": "thread.run.step.delta",
                 "delta": {"step_details": {"type": "tool_calls", "tool_calls": [entry]}},
             })
+
+    def _is_search(self, call: Obj) -> bool:
+        return self.searching and call["type"] == "function" and call["function"]["name"] == file_search.NAME
+
+    async def _answer_searches(self) -> None:
+        """Replace the model's file_search calls by their `file_search` tool calls, results included."""
+        for index, call in self.calls.items():
+            if self._is_search(call):
+                self.calls[index] = await file_search.search(self.rt.store, self.run, self.store_ids, call)
 
     # ------------------------------------------------------------ ending the turn
 
@@ -216,7 +246,7 @@ class RunTurn:
         return {"prompt_tokens": self.prompt_estimate, "completion_tokens": completion,
                 "total_tokens": self.prompt_estimate + completion}
 
-    async def _finish(self, used: Obj) -> None:
+    async def _finish(self, used: Obj) -> bool:
         if self.message is None and not self.calls:
             await self._open_message()
         usage = self._turn_usage()
@@ -224,6 +254,9 @@ class RunTurn:
         over_prompt = max_prompt is not None and used["prompt_tokens"] + usage["prompt_tokens"] > max_prompt
         length = self.finish_reason == "length"
         wants_tools = bool(self.calls) and not length and not over_prompt
+        if wants_tools:
+            await self._answer_searches()
+        searched_only = wants_tools and all(c["type"] == file_search.NAME for c in self.calls.values())
         store = self.rt.store
         events: list[tuple[str, Obj]] = []
         async with store.db.transaction() as tx:
@@ -231,26 +264,41 @@ class RunTurn:
             if self.message is not None and self.message_step is not None:
                 events += await self._complete_message(tx, truncated=length, usage=usage if last_step is self.message_step else None)
             settled: Obj | Settled | None
-            if wants_tools:
+            if searched_only:
+                events.append(("thread.run.step.completed", await self._complete_searches(tx, usage)))
+                settled = None
+            elif wants_tools:
                 settled = await self._require_action(tx, usage)
             else:
                 if self.tool_step is not None:
                     self.tool_step["usage"] = usage
                     await store.save_step(self.tool_step, tx)
                 settled = await self._settle_turn(tx, length, over_prompt)
-        if settled is None:
-            return await self._lost_race()
+        if settled is None and not searched_only:
+            await self._lost_race()
+            return False
         for event, data in events:
             self.publish(event, data)
         if isinstance(settled, Settled):
             settled.publish(self.rt.broker)
-        else:
+        elif settled is not None:
             self.publish("thread.run.requires_action", settled)
+        return searched_only
+
+    async def _complete_searches(self, tx: Any, usage: Obj) -> Obj:
+        """Every call was file_search, answered: the step is complete and the turn goes on."""
+        assert self.tool_step is not None
+        self.tool_step["step_details"]["tool_calls"] = [self.calls[i] for i in sorted(self.calls)]
+        self.tool_step.update(status="completed", completed_at=now(), usage=usage)
+        await self.rt.store.save_step(self.tool_step, tx)
+        return self.tool_step
 
     async def _complete_message(self, tx: Any, *, truncated: bool, usage: Obj | None) -> list[tuple[str, Obj]]:
         assert self.message is not None and self.message_step is not None
         self._sync_text()
         message, step = self.message, self.message_step
+        for part in message["content"]:
+            part["text"]["annotations"] = file_search.citations(part["text"]["value"], self.steps)
         if truncated:
             message.update(status="incomplete", incomplete_at=now(), incomplete_details={"reason": "max_tokens"})
         else:
@@ -270,7 +318,7 @@ class RunTurn:
         action = {"type": "submit_tool_outputs", "submit_tool_outputs": {"tool_calls": [
             {"id": c["id"], "type": "function",
              "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]}}
-            for c in calls
+            for c in calls if c["type"] == "function"
         ]}}
         return await self.rt.store.transition(self.run_id, RunStatus.REQUIRES_ACTION, tx, required_action=action)
 

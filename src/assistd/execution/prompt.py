@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 from assistd.domain.objects import message_text
+from assistd.execution import file_search
 
 Obj = dict[str, Any]
 
@@ -36,26 +37,26 @@ def step_messages(step: Obj, messages_by_id: dict[str, Obj]) -> list[Obj]:
     if details["type"] == "message_creation":
         message = messages_by_id.get(details["message_creation"]["message_id"])
         return [chat_message(message)] if message and message_text(message) else []
-    calls = [c for c in details["tool_calls"] if c["type"] == "function"]
+    calls = [c for c in details["tool_calls"] if c["type"] in ("function", file_search.NAME)]
     if not calls:
         return []
-    assistant = {
-        "role": "assistant",
-        "content": None,
-        "tool_calls": [
-            {
-                "id": c["id"],
-                "type": "function",
-                "function": {"name": c["function"]["name"], "arguments": c["function"]["arguments"]},
-            }
-            for c in calls
-        ],
-    }
-    results = [
-        {"role": "tool", "tool_call_id": c["id"], "content": c["function"].get("output") or ""}
-        for c in calls
-    ]
+    assistant = {"role": "assistant", "content": None, "tool_calls": [_chat_call(c) for c in calls]}
+    results = [{"role": "tool", "tool_call_id": c["id"], "content": _tool_output(c)} for c in calls]
     return [assistant, *results]
+
+
+def _chat_call(call: Obj) -> Obj:
+    if call["type"] == file_search.NAME:
+        return file_search.chat_call(call)
+    function = call["function"]
+    return {"id": call["id"], "type": "function",
+            "function": {"name": function["name"], "arguments": function["arguments"]}}
+
+
+def _tool_output(call: Obj) -> str:
+    if call["type"] == file_search.NAME:
+        return file_search.tool_output(call)
+    return str(call["function"].get("output") or "")
 
 
 def conversation(run: Obj, history: list[Obj], steps: list[Obj], run_messages: list[Obj]) -> tuple[list[Obj], list[Obj]]:
@@ -81,12 +82,22 @@ def truncate(run: Obj, system: list[Obj], thread: list[Obj], own: list[Obj], pro
     return messages
 
 
-def function_tools(run: Obj) -> list[Obj]:
-    return [
+def function_tools(run: Obj, searching: bool = False) -> list[Obj]:
+    """The run's function tools, and the `file_search` function while assistd answers it."""
+    tools = [
         {"type": "function", "function": t["function"]}
         for t in run.get("tools") or []
         if t.get("type") == "function"
     ]
+    return [*tools, file_search.FUNCTION] if searching else tools
+
+
+def tool_choice(run: Obj, searching: bool) -> Any:
+    """The run's `tool_choice`, with `{"type": "file_search"}` as the function it stands for."""
+    choice = run.get("tool_choice") or "auto"
+    if isinstance(choice, dict) and choice.get("type") == file_search.NAME:
+        return {"type": "function", "function": {"name": file_search.NAME}} if searching else "auto"
+    return choice
 
 
 def response_format(run: Obj) -> Obj | None:
@@ -96,7 +107,8 @@ def response_format(run: Obj) -> Obj | None:
     return None
 
 
-def build_request(run: Obj, messages: list[Obj], completion_budget: int | None, max_tokens_param: str) -> Obj:
+def build_request(run: Obj, messages: list[Obj], completion_budget: int | None, max_tokens_param: str,
+                  searching: bool = False) -> Obj:
     request: Obj = {
         "model": run["model"],
         "messages": messages,
@@ -105,10 +117,10 @@ def build_request(run: Obj, messages: list[Obj], completion_budget: int | None, 
     for key in ("temperature", "top_p"):
         if run.get(key) is not None:
             request[key] = run[key]
-    tools = function_tools(run)
+    tools = function_tools(run, searching)
     if tools:
         request["tools"] = tools
-        request["tool_choice"] = run.get("tool_choice") or "auto"
+        request["tool_choice"] = tool_choice(run, searching)
         request["parallel_tool_calls"] = bool(run.get("parallel_tool_calls", True))
     if (fmt := response_format(run)) is not None:
         request["response_format"] = fmt

@@ -1,0 +1,148 @@
+"""The `file_search` tool inside runs: assistd offers the model a `file_search` function,
+answers its calls itself by searching the run's vector stores, and turns the model's
+【n†file name】 markers into `file_citation` annotations.
+
+A file_search call is recorded as OpenAI's `file_search` tool call, its results' text
+always kept (the next upstream request is rebuilt from it).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from assistd.domain.errors import ApiError
+from assistd.storage.store import Store
+from assistd.storage.vector_stores import VectorStoreStore
+
+Obj = dict[str, Any]
+
+NAME = "file_search"
+MAX_ROUNDS = 5  # searches in one run before the tool is no longer offered
+DEFAULT_MAX_RESULTS = 20
+DEFAULT_RANKER = "default_2024_08_21"  # what OpenAI reports for `auto`
+MARKER = re.compile(r"【(\d+)†([^】]*)】")
+
+FUNCTION: Obj = {
+    "type": "function",
+    "function": {
+        "name": NAME,
+        "description": "Search the files available to you and return the passages that best match the query.",
+        "parameters": {
+            "type": "object",
+            "properties": {"query": {"type": "string", "description": "What to look for in the files."}},
+            "required": ["query"],
+        },
+    },
+}
+
+
+def tool(run: Obj) -> Obj | None:
+    """The run's `file_search` tool, if it has one."""
+    return next((t for t in run.get("tools") or [] if t.get("type") == NAME), None)
+
+
+def rounds(steps: list[Obj]) -> int:
+    """How many file_search calls the run has made so far."""
+    return sum(1 for s in steps if s["step_details"]["type"] == "tool_calls"
+               for c in s["step_details"]["tool_calls"] if c["type"] == NAME)
+
+
+async def vector_store_ids(store: Store, run: Obj) -> list[str]:
+    """The vector stores of the assistant's and the thread's tool resources (union, in order)."""
+    ids: dict[str, None] = {}
+    for load, object_id in ((store.get_assistant, run["assistant_id"]), (store.get_thread, run["thread_id"])):
+        try:
+            owner = await load(object_id)
+        except ApiError:  # deleted since the run was created: it brings no stores
+            continue
+        resources = (owner.get("tool_resources") or {}).get(NAME) or {}
+        for vs_id in resources.get("vector_store_ids") or []:
+            ids.setdefault(vs_id, None)
+    return list(ids)
+
+
+def ranking_options(run: Obj) -> Obj:
+    options = ((tool(run) or {}).get(NAME) or {}).get("ranking_options") or {}
+    ranker = options.get("ranker") or "auto"
+    return {"ranker": DEFAULT_RANKER if ranker == "auto" else ranker,
+            "score_threshold": float(options.get("score_threshold") or 0)}
+
+
+def _query(arguments: str) -> str:
+    try:
+        parsed = json.loads(arguments or "{}")
+    except json.JSONDecodeError:
+        return arguments
+    return str(parsed.get("query") or "") if isinstance(parsed, dict) else str(parsed)
+
+
+async def search(store: Store, run: Obj, store_ids: list[str], call: Obj) -> Obj:
+    """Answer one of the model's file_search function calls: the `file_search` tool call object."""
+    limit = int(((tool(run) or {}).get(NAME) or {}).get("max_num_results") or DEFAULT_MAX_RESULTS)
+    ranking = ranking_options(run)
+    query = _query(call["function"]["arguments"])
+    vector_stores = VectorStoreStore(store.db)
+    rows: list[Obj] = []
+    for vs_id in store_ids:
+        try:
+            rows += await vector_stores.search(vs_id, [query], limit, ranking["score_threshold"])
+        except ApiError:  # the store was deleted: nothing to find there
+            continue
+    rows.sort(key=lambda r: -r["score"])
+    results = [{"file_id": r["file_id"], "file_name": r["filename"], "score": r["score"],
+                "content": [{"type": "text", "text": r["text"]}]} for r in rows[:limit]]
+    return {"id": call["id"], "type": NAME, NAME: {"ranking_options": ranking, "results": results}}
+
+
+def tool_output(call: Obj) -> str:
+    """The results as the model reads them, numbered for citing."""
+    results = call[NAME]["results"]
+    if not results:
+        return "No matching passages were found in the files."
+    sources = [f"[{n}] {r['file_name']}\n" + "".join(p["text"] for p in r.get("content") or [])
+               for n, r in enumerate(results)]
+    example = f"【0†{results[0]['file_name']}】"
+    return ("Passages from the files, best first. When you use one, cite it right after the "
+            f"statement as 【n†file name】, e.g. {example}.\n\n" + "\n\n".join(sources))
+
+
+def chat_call(call: Obj) -> Obj:
+    """A recorded file_search call as the assistant's function call in a later request."""
+    return {"id": call["id"], "type": "function", "function": {"name": NAME, "arguments": "{}"}}
+
+
+def citations(text: str, steps: list[Obj]) -> list[Obj]:
+    """A `file_citation` for each 【n†name】 marker that names a result of the run's searches.
+
+    The file name decides (the latest search first); failing that, result n of the latest search.
+    """
+    searches = [c[NAME]["results"] for s in steps if s["step_details"]["type"] == "tool_calls"
+                for c in s["step_details"]["tool_calls"] if c["type"] == NAME]
+    if not searches:
+        return []
+    found: list[Obj] = []
+    for match in MARKER.finditer(text):
+        file_id = _cited(searches, int(match.group(1)), match.group(2).strip())
+        if file_id is not None:
+            found.append({"type": "file_citation", "text": match.group(0), "file_citation": {"file_id": file_id},
+                          "start_index": match.start(), "end_index": match.end()})
+    return found
+
+
+def _cited(searches: list[list[Obj]], n: int, name: str) -> str | None:
+    for results in reversed(searches):
+        for result in results:
+            if result["file_name"] == name:
+                return str(result["file_id"])
+    latest = searches[-1]
+    return str(latest[n]["file_id"]) if n < len(latest) else None
+
+
+def request_run(run: Obj, steps: list[Obj]) -> Obj:
+    """The run as the next request sees it: a `tool_choice` forcing file_search forces only the first search."""
+    choice = run.get("tool_choice")
+    if isinstance(choice, dict) and choice.get("type") == NAME and rounds(steps):
+        return {**run, "tool_choice": "auto"}
+    return run
