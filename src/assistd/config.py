@@ -43,6 +43,9 @@ class Settings:
     database_pool_size: int = 20
     events_ttl_seconds: float = 3600.0
     max_upload_bytes: int = MAX_UPLOAD_BYTES
+    embeddings_model: str = ""
+    embeddings_batch_size: int = 64
+    retrieval: str = "lexical"
 
     @property
     def resolved_database_url(self) -> str:
@@ -82,4 +85,18 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         database_pool_size=max(2, int(_float(env, "ASSISTD_DATABASE_POOL_SIZE", 20))),
         events_ttl_seconds=_float(env, "ASSISTD_EVENTS_TTL_SECONDS", 3600.0),
         max_upload_bytes=int(_float(env, "ASSISTD_MAX_UPLOAD_BYTES", MAX_UPLOAD_BYTES)),
+        embeddings_model=(env.get("ASSISTD_EMBEDDINGS_MODEL") or "").strip(),
+        embeddings_batch_size=max(1, int(_float(env, "ASSISTD_EMBEDDINGS_BATCH_SIZE", 64))),
+        retrieval=_retrieval(env),
     )
+
+
+def _retrieval(env: dict[str, str]) -> str:
+    """`hybrid` when an embeddings model is set, else `lexical`; `dense`/`hybrid` need a model."""
+    has_model = bool((env.get("ASSISTD_EMBEDDINGS_MODEL") or "").strip())
+    mode = (env.get("ASSISTD_RETRIEVAL") or ("hybrid" if has_model else "lexical")).strip().lower()
+    if mode not in ("hybrid", "lexical", "dense"):
+        raise SystemExit(f"ASSISTD_RETRIEVAL must be hybrid, lexical or dense, got {mode!r}")
+    if mode != "lexical" and not has_model:
+        raise SystemExit(f"ASSISTD_RETRIEVAL={mode} needs ASSISTD_EMBEDDINGS_MODEL")
+    return mode

@@ -28,8 +28,10 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import hashlib
 import http
 import json
+import re
 import secrets
 import threading
 import time
@@ -103,6 +105,21 @@ class Reply:
         """Stream some chunks, then a `data: {"error": …}` event, as OpenAI does on mid-stream failures."""
         return Reply("stream_error", tuple(f"part{i} " for i in range(after_chunks)), message=message,
                      error_type="server_error", finish_reason=None)
+
+
+# Words the fake embeddings model takes as the same meaning, so dense search can find what
+# lexical search can't.
+SYNONYMS = {"automobile": "car", "vehicle": "car", "motorcar": "car", "feline": "cat", "kitty": "cat"}
+EMBEDDING_DIMS = 64
+
+
+def embed_text(text: str) -> list[float]:
+    """A bag-of-words vector: each word (after SYNONYMS) adds 1 at a position fixed by its hash."""
+    vector = [0.0] * EMBEDDING_DIMS
+    for word in re.findall(r"[a-z0-9]+", text.lower()):
+        word = SYNONYMS.get(word, word)
+        vector[int(hashlib.sha256(word.encode()).hexdigest(), 16) % EMBEDDING_DIMS] += 1.0
+    return vector
 
 
 def split_words(text: str) -> list[str]:
@@ -186,6 +203,8 @@ class FakeUpstream:
         self._thread: threading.Thread | None = None
         self._handlers: set[asyncio.Task[None]] = set()
         self.port = 0
+        self.embedding_batches: list[int] = []  # texts per /v1/embeddings request, in order
+        self.fail_embeddings = False
 
     # ------------------------------------------------------------ script
 
@@ -212,6 +231,8 @@ class FakeUpstream:
             self._rules.clear()
             self._queue.clear()
             self._requests.clear()
+            self.embedding_batches.clear()
+            self.fail_embeddings = False
 
     def _pick(self, marker: str) -> Reply:
         with self._lock:
@@ -219,6 +240,25 @@ class FakeUpstream:
                 if trigger in marker:
                     return replies.pop(0) if len(replies) > 1 else replies[0]
             return self._queue.pop(0) if self._queue else self.default
+
+    # ------------------------------------------------------------ embeddings
+
+    def _embeddings(self, body: bytes) -> tuple[int, Obj]:
+        """`/v1/embeddings`: word-hash vectors in which synonyms share a word (see `embed_text`)."""
+        try:
+            parsed = json.loads(body)
+            texts = parsed["input"]
+        except (ValueError, KeyError, TypeError):
+            return 400, _error_body(400, "We could not parse the JSON body.")
+        texts = [texts] if isinstance(texts, str) else list(texts)
+        with self._lock:
+            self.embedding_batches.append(len(texts))
+            failing = self.fail_embeddings
+        if failing:
+            return 500, _error_body(500, "scripted embeddings failure")
+        data = [{"object": "embedding", "index": i, "embedding": embed_text(t)} for i, t in enumerate(texts)]
+        return 200, {"object": "list", "data": data, "model": parsed.get("model", ""),
+                     "usage": {"prompt_tokens": 0, "total_tokens": 0}}
 
     # ------------------------------------------------------------ the log
 
@@ -370,6 +410,8 @@ class FakeUpstream:
         if method == "GET" and path == "/log":
             since = int(parse_qs(url.query).get("since", ["0"])[0])
             return await _send_json(writer, 200, [r.summary() for r in self.requests[since:]])
+        if method == "POST" and path in ("/v1/embeddings", "/embeddings"):
+            return await _send_json(writer, *self._embeddings(body))
         if path not in ("/v1/chat/completions", "/chat/completions"):
             return await _send_json(writer, 404, _error_body(404, f"no route {method} {path}"))
         if method != "POST":

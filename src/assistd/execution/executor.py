@@ -235,7 +235,7 @@ class RunTurn:
         """Replace the model's file_search calls by their `file_search` tool calls, results included."""
         for index, call in self.calls.items():
             if self._is_search(call):
-                self.calls[index] = await file_search.search(self.rt.store, self.run, self.store_ids, call)
+                self.calls[index] = await file_search.search(self.rt.retriever, self.run, self.store_ids, call)
 
     # ------------------------------------------------------------ ending the turn
 

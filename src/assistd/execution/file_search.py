@@ -13,8 +13,8 @@ import re
 from typing import Any
 
 from assistd.domain.errors import ApiError
+from assistd.execution.retrieval import Retriever
 from assistd.storage.store import Store
-from assistd.storage.vector_stores import VectorStoreStore
 
 Obj = dict[str, Any]
 
@@ -78,17 +78,16 @@ def _query(arguments: str) -> str:
     return str(parsed.get("query") or "") if isinstance(parsed, dict) else str(parsed)
 
 
-async def search(store: Store, run: Obj, store_ids: list[str], call: Obj) -> Obj:
+async def search(retriever: Retriever, run: Obj, store_ids: list[str], call: Obj) -> Obj:
     """Answer one of the model's file_search function calls: the `file_search` tool call object."""
     limit = int(((tool(run) or {}).get(NAME) or {}).get("max_num_results") or DEFAULT_MAX_RESULTS)
     ranking = ranking_options(run)
     query = _query(call["function"]["arguments"])
-    vector_stores = VectorStoreStore(store.db)
     rows: list[Obj] = []
     for vs_id in store_ids:
         try:
-            rows += await vector_stores.search(vs_id, [query], limit, ranking["score_threshold"])
-        except ApiError:  # the store was deleted: nothing to find there
+            rows += await retriever.search(vs_id, [query], limit, ranking["score_threshold"])
+        except ApiError:  # the store was deleted or has expired: nothing to find there
             continue
     rows.sort(key=lambda r: -r["score"])
     results = [{"file_id": r["file_id"], "file_name": r["filename"], "score": r["score"],

@@ -28,6 +28,7 @@ from typing import Any
 import docx
 import pypdf
 
+from assistd.execution.embeddings import EmbeddingError
 from assistd.execution.runtime import Runtime
 from assistd.storage.files import FileStore
 from assistd.storage.vector_stores import VectorStoreStore
@@ -270,7 +271,16 @@ class Ingester:
             await self.store.fail_file(self.holder, vs_id, file_id,
                                        {"code": "server_error", "message": "The file could not be processed."})
             return
-        if await self.store.finish_file(self.holder, vs_id, file_id, chunks):
+        embedder = self.rt.embedder
+        vectors = None
+        if embedder is not None and chunks:
+            try:
+                vectors = await embedder.embed(chunks)
+            except EmbeddingError as exc:
+                await self.store.fail_file(self.holder, vs_id, file_id, {"code": "server_error", "message": str(exc)})
+                return
+        model = embedder.model if embedder is not None else None
+        if await self.store.finish_file(self.holder, vs_id, file_id, chunks, vectors, model):
             log.info("ingested %s into %s: %d chunks", file_id, vs_id, len(chunks))
 
     async def _filename(self, file_id: str) -> str:

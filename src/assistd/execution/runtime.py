@@ -11,6 +11,8 @@ from dataclasses import dataclass
 
 from assistd.config import Settings
 from assistd.execution.broker import Broker, LocalBroker
+from assistd.execution.embeddings import LocalEmbedder, UpstreamEmbedder, local_model_problem, open_embedder
+from assistd.execution.retrieval import Retriever
 from assistd.execution.signals import LocalSignals, PostgresSignals, Signals
 from assistd.execution.upstream import Upstream
 from assistd.storage.db import open_database
@@ -27,6 +29,11 @@ class Runtime:
     broker: Broker
     signals: Signals
     upstream: Upstream
+    embedder: UpstreamEmbedder | LocalEmbedder | None = None
+
+    @property
+    def retriever(self) -> Retriever:
+        return Retriever(self.store.db, self.embedder, self.settings.retrieval)
 
     @property
     def shared_database(self) -> bool:
@@ -44,6 +51,8 @@ def _broker(settings: Settings) -> Broker:
 
 async def open_runtime(settings: Settings) -> Runtime:
     """Connect to the database (applying migrations), the event broker and the wake-ups."""
+    if problem := local_model_problem(settings):
+        raise SystemExit(f"ASSISTD_EMBEDDINGS_MODEL={settings.embeddings_model}: {problem}")
     url = settings.resolved_database_url
     db = open_database(url, settings.database_pool_size)
     await db.connect()
@@ -58,11 +67,13 @@ async def open_runtime(settings: Settings) -> Runtime:
     except BaseException:
         await db.close()
         raise
-    return Runtime(settings, Store(db), broker, signals, Upstream(settings))
+    return Runtime(settings, Store(db), broker, signals, Upstream(settings), open_embedder(settings))
 
 
 async def close_runtime(rt: Runtime) -> None:
     await rt.signals.close()
     await rt.broker.close()
     await rt.upstream.close()
+    if rt.embedder is not None:
+        await rt.embedder.close()
     await rt.store.db.close()

@@ -263,7 +263,7 @@ async def search(request: Request) -> Response:
     threshold = parsed.ranking_options.score_threshold if parsed.ranking_options else 0.0
     wanted = parsed.max_num_results
     limit = wanted if parsed.filters is None else FILTERED_CANDIDATES
-    rows = await _store(request).search(path(request, "vector_store_id"), queries, limit, threshold)
+    rows = await runtime(request).retriever.search(path(request, "vector_store_id"), queries, limit, threshold)
     if parsed.filters is not None:
         rows = [r for r in rows if attributes_match(parsed.filters, r["attributes"])]
     return JSONResponse({"object": "vector_store.search_results.page", "search_query": queries,

@@ -37,7 +37,7 @@ class Database(Executor, Protocol):
     async def executescript(self, sql: str) -> None: ...
 
 
-def expand_in(sql: str, name: str, values: Sequence[str], params: dict[str, Any]) -> str:
+def expand_in(sql: str, name: str, values: Sequence[Any], params: dict[str, Any]) -> str:
     """Replace `:name` (inside `IN (:name)`) by one parameter per value."""
     keys = [f"{name}_{i}" for i in range(len(values))]
     params.update(zip(keys, values))

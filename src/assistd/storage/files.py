@@ -18,6 +18,7 @@ from assistd.domain.errors import not_found
 from assistd.domain.ids import now
 from assistd.storage.db import Database
 from assistd.storage.pages import PageParams, fetch_page, list_object
+from assistd.storage.vector_stores import detach_everywhere
 
 Obj = dict[str, Any]
 
@@ -127,16 +128,21 @@ class FileStore:
         return list_object([o.file_object(r) for r in rows], more)
 
     async def delete(self, file_id: str) -> None:
-        """Delete the row, then the bytes (a crash in between leaves an orphan file, not a row)."""
-        count = await self.db.execute(f"DELETE FROM files WHERE id = :id AND {LIVE}", id=file_id, now=now())
-        if not count:
-            raise not_found("file", file_id)
+        """Delete the row and remove the file from every vector store in one transaction, then
+        the bytes (a crash in between leaves an orphan file, not a row)."""
+        async with self.db.transaction() as tx:
+            count = await tx.execute(f"DELETE FROM files WHERE id = :id AND {LIVE}", id=file_id, now=now())
+            if not count:
+                raise not_found("file", file_id)
+            await detach_everywhere(tx, self.db.dialect, file_id)
         await self._unlink(file_id)
 
     async def purge_expired(self) -> None:
         """Delete files past their `expires_at`, rows and bytes."""
         async with self.db.transaction() as tx:
             rows = await tx.fetchall("DELETE FROM files WHERE expires_at <= :now RETURNING id", now=now())
+            for row in rows:
+                await detach_everywhere(tx, self.db.dialect, row["id"])
         for row in rows:
             await self._unlink(row["id"])
 

@@ -5,14 +5,22 @@ on every read, so nothing has to be kept in step. Chunks are written in the same
 as the guarded `in_progress → completed` change of their file: a file is searchable exactly
 when it is `completed`.
 
-Search is lexical: FTS5 with bm25 on SQLite, `tsvector` with `ts_rank_cd` on PostgreSQL. Both
+Lexical search: FTS5 with bm25 on SQLite, `tsvector` with `ts_rank_cd` on PostgreSQL. Both
 raw scores are turned into 0–1 the same way, `r / (r + 1)` (PostgreSQL's normalization 32).
+
+Dense vectors live beside their chunks (a float32 BLOB/BYTEA). A store's vectors are read into
+one matrix that is kept in memory while the store's `vectors_version` says it is still true; a
+search is then one matrix product. The ranking itself is `execution/retrieval.py`'s.
 """
 
 from __future__ import annotations
 
 import re
+from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
+
+import numpy as np
 
 from assistd.domain import objects as o
 from assistd.domain.errors import ApiError, invalid, not_found
@@ -28,6 +36,30 @@ FILE_COLUMNS = ("id, vector_store_id, batch_id, created_at, status, usage_bytes,
 BATCH_COLUMNS = "id, vector_store_id, created_at, cancelled"
 _WORD = re.compile(r"\w+")
 Entry = tuple[str, Obj | None, Obj | None]  # a file to attach: id, chunking strategy, attributes
+VECTOR_CACHE_BYTES = 1 << 30  # matrices kept in memory, all stores together
+
+
+@dataclass(frozen=True)
+class VectorSet:
+    """A store's vectors of one model: row i of `matrix` is the chunk `seqs[i]`."""
+
+    version: int
+    seqs: np.ndarray
+    matrix: np.ndarray
+
+
+_vector_cache: OrderedDict[tuple[int, str, str], VectorSet] = OrderedDict()
+
+
+def _remember(key: tuple[int, str, str], found: VectorSet) -> None:
+    _vector_cache[key] = found
+    _vector_cache.move_to_end(key)
+    while sum(v.matrix.nbytes for v in _vector_cache.values()) > VECTOR_CACHE_BYTES and len(_vector_cache) > 1:
+        _vector_cache.popitem(last=False)
+
+
+def expired_error(vector_store_id: str) -> ApiError:
+    return invalid(f"Vector store '{vector_store_id}' has expired and can no longer be searched.")
 
 
 def _file_not_found(vector_store_id: str, file_id: str) -> ApiError:
@@ -129,12 +161,7 @@ class VectorStoreStore:
                 raise not_found("vector store", vector_store_id)
 
     async def _delete_chunks(self, tx: Executor, vector_store_id: str, file_id: str | None) -> None:
-        scope = "vector_store_id = :vs" + (" AND file_id = :f" if file_id else "")
-        params = {"vs": vector_store_id, **({"f": file_id} if file_id else {})}
-        if self.db.dialect == "sqlite":
-            await tx.execute("DELETE FROM vector_store_chunks_fts WHERE rowid IN "
-                             f"(SELECT seq FROM vector_store_chunks WHERE {scope})", **params)
-        await tx.execute(f"DELETE FROM vector_store_chunks WHERE {scope}", **params)
+        await delete_chunks(tx, self.db.dialect, vector_store_id, file_id)
 
     # ------------------------------------------------------------ files
 
@@ -231,10 +258,15 @@ class VectorStoreStore:
 
     # ------------------------------------------------------------ search
 
-    async def search(self, vector_store_id: str, queries: list[str], limit: int, threshold: float) -> list[Obj]:
-        """The best-scoring chunks of the store's completed files, best first."""
-        await self._row(vector_store_id)
+    async def open_for_search(self, vector_store_id: str) -> None:
+        """Check the store can be searched (it exists and has not expired), and mark it active."""
+        store = await self.get(vector_store_id)
+        if store["status"] == "expired":
+            raise expired_error(vector_store_id)
         await self.touch(vector_store_id)
+
+    async def lexical(self, vector_store_id: str, queries: list[str], limit: int) -> list[Obj]:
+        """The best-matching chunks of the store's completed files by their words, best first."""
         terms = search_terms(queries)
         if not terms:
             return []
@@ -242,14 +274,45 @@ class VectorStoreStore:
             rows = await self._search_sqlite(vector_store_id, terms, limit)
         else:
             rows = await self._search_postgres(vector_store_id, terms, limit)
-        for row in rows:
-            row["attributes"] = o.loads_or_none(row["attributes"]) or {}
-        return [r for r in rows if r["score"] >= threshold]
+        return _with_attributes(rows)
+
+    async def vectors(self, vector_store_id: str, model: str) -> VectorSet:
+        """The store's vectors of `model`, from memory while its `vectors_version` is unchanged."""
+        key = (id(self.db), vector_store_id, model)
+        row = await self.db.fetchone("SELECT vectors_version FROM vector_stores WHERE id = :vs", vs=vector_store_id)
+        version = int(row["vectors_version"]) if row else -1
+        cached = _vector_cache.get(key)
+        if cached is not None and cached.version == version:
+            _vector_cache.move_to_end(key)
+            return cached
+        rows = await self.db.fetchall(
+            "SELECT seq, embedding FROM vector_store_chunks WHERE vector_store_id = :vs AND embedding_model = :m "
+            "ORDER BY seq", vs=vector_store_id, m=model)
+        seqs = np.array([int(r["seq"]) for r in rows], dtype=np.int64)
+        vectors = [np.frombuffer(bytes(r["embedding"]), dtype="<f4") for r in rows]
+        matrix = np.vstack(vectors) if vectors else np.zeros((0, 0), np.float32)
+        found = VectorSet(version, seqs, matrix)
+        _remember(key, found)
+        return found
+
+    async def chunks(self, seqs: list[int]) -> list[Obj]:
+        """Search rows (file, text, attributes, file name) of the given chunks, in the given order."""
+        if not seqs:
+            return []
+        params: Obj = {}
+        sql = expand_in(
+            "SELECT c.seq, c.file_id, c.text, f.attributes, COALESCE(fl.filename, '') AS filename "
+            "FROM vector_store_chunks c "
+            "JOIN vector_store_files f ON f.vector_store_id = c.vector_store_id AND f.id = c.file_id "
+            "LEFT JOIN files fl ON fl.id = c.file_id WHERE c.seq IN (:seqs) AND f.status = 'completed'",
+            "seqs", seqs, params)
+        by_seq = {int(r["seq"]): r for r in await self.db.fetchall(sql, **params)}
+        return _with_attributes([by_seq[seq] for seq in seqs if seq in by_seq])
 
     async def _search_sqlite(self, vector_store_id: str, terms: list[str], limit: int) -> list[Obj]:
         match = " OR ".join(f'"{term}"' for term in terms)  # \w+ words: no quotes inside
         rows = await self.db.fetchall(
-            "SELECT c.file_id, c.text, f.attributes, COALESCE(fl.filename, '') AS filename, "
+            "SELECT c.seq, c.file_id, c.text, f.attributes, COALESCE(fl.filename, '') AS filename, "
             "-bm25(vector_store_chunks_fts) AS raw "
             "FROM vector_store_chunks_fts JOIN vector_store_chunks c ON c.seq = vector_store_chunks_fts.rowid "
             "JOIN vector_store_files f ON f.vector_store_id = c.vector_store_id AND f.id = c.file_id "
@@ -265,7 +328,7 @@ class VectorStoreStore:
     async def _search_postgres(self, vector_store_id: str, terms: list[str], limit: int) -> list[Obj]:
         query = " or ".join(term for term in terms if term != "or")
         rows = await self.db.fetchall(
-            "SELECT c.file_id, c.text, f.attributes, COALESCE(fl.filename, '') AS filename, "
+            "SELECT c.seq, c.file_id, c.text, f.attributes, COALESCE(fl.filename, '') AS filename, "
             "ts_rank_cd(c.tsv, q, 32)::float8 AS score "
             "FROM websearch_to_tsquery('english', :q) AS q, vector_store_chunks c "
             "JOIN vector_store_files f ON f.vector_store_id = c.vector_store_id AND f.id = c.file_id "
@@ -299,8 +362,10 @@ class VectorStoreStore:
         await self.db.execute("UPDATE vector_store_files SET claimed_at = :at "
                               "WHERE claimed_by = :w AND status = 'in_progress'", at=at, w=holder)
 
-    async def finish_file(self, holder: str, vector_store_id: str, file_id: str, chunks: list[str]) -> bool:
-        """Store a file's chunks and mark it `completed`, only if `holder` still holds it."""
+    async def finish_file(self, holder: str, vector_store_id: str, file_id: str, chunks: list[str],
+                          vectors: np.ndarray | None = None, model: str | None = None) -> bool:
+        """Store a file's chunks (and their vectors of `model`, if given) and mark it `completed`,
+        only if `holder` still holds it."""
         usage = sum(len(chunk.encode()) for chunk in chunks)
         async with self.db.transaction() as tx:
             count = await tx.execute(
@@ -311,8 +376,11 @@ class VectorStoreStore:
                 return False
             await self._delete_chunks(tx, vector_store_id, file_id)
             for position, text in enumerate(chunks):
-                await tx.execute("INSERT INTO vector_store_chunks (vector_store_id, file_id, position, text) "
-                                 "VALUES (:vs, :f, :p, :t)", vs=vector_store_id, f=file_id, p=position, t=text)
+                vector = None if vectors is None else vectors[position].astype("<f4").tobytes()
+                await tx.execute(
+                    "INSERT INTO vector_store_chunks (vector_store_id, file_id, position, text, embedding, "
+                    "embedding_model) VALUES (:vs, :f, :p, :t, :e, :m)", vs=vector_store_id, f=file_id,
+                    p=position, t=text, e=vector, m=model if vector is not None else None)
             if self.db.dialect == "sqlite":
                 await tx.execute("INSERT INTO vector_store_chunks_fts (rowid, text) SELECT seq, text "
                                  "FROM vector_store_chunks WHERE vector_store_id = :vs AND file_id = :f",
@@ -325,6 +393,31 @@ class VectorStoreStore:
             "claimed_at = NULL WHERE vector_store_id = :vs AND id = :f AND claimed_by = :w "
             "AND status = 'in_progress'", e=o.dumps(error), vs=vector_store_id, f=file_id, w=holder)
         return count > 0
+
+
+async def delete_chunks(tx: Executor, dialect: str, vector_store_id: str, file_id: str | None) -> None:
+    """Delete chunks (and their index entries); the store's `vectors_version` moves on."""
+    await tx.execute("UPDATE vector_stores SET vectors_version = vectors_version + 1 WHERE id = :vs",
+                     vs=vector_store_id)
+    scope = "vector_store_id = :vs" + (" AND file_id = :f" if file_id else "")
+    params = {"vs": vector_store_id, **({"f": file_id} if file_id else {})}
+    if dialect == "sqlite":
+        await tx.execute("DELETE FROM vector_store_chunks_fts WHERE rowid IN "
+                         f"(SELECT seq FROM vector_store_chunks WHERE {scope})", **params)
+    await tx.execute(f"DELETE FROM vector_store_chunks WHERE {scope}", **params)
+
+
+async def detach_everywhere(tx: Executor, dialect: str, file_id: str) -> None:
+    """Remove a file from every vector store it is in, with its chunks (the File is being deleted)."""
+    rows = await tx.fetchall("DELETE FROM vector_store_files WHERE id = :f RETURNING vector_store_id", f=file_id)
+    for row in rows:
+        await delete_chunks(tx, dialect, row["vector_store_id"], file_id)
+
+
+def _with_attributes(rows: list[Obj]) -> list[Obj]:
+    for row in rows:
+        row["attributes"] = o.loads_or_none(row["attributes"]) or {}
+    return rows
 
 
 async def _insert_files(tx: Executor, vector_store_id: str, entries: list[Entry], batch_id: str | None) -> None:
