@@ -6,6 +6,7 @@ import json
 from typing import Any
 
 import openai
+import pytest
 
 from tests.acceptance.test_vector_stores import upload, wait_ingested
 from tests.support.fake_upstream import FakeUpstream, Reply
@@ -62,6 +63,7 @@ def test_file_search_is_answered_inside_the_run_and_cited(client: openai.OpenAI,
     results = search_call.file_search.results
     assert results and results[0].file_id == ids[0] and results[0].file_name == "quokka.txt"
     assert 0 < results[0].score <= 1
+    assert results[0].content is None  # the text only when include[] asks for it
     assert search_call.file_search.ranking_options.ranker == "default_2024_08_21"
     included = client.beta.threads.runs.steps.retrieve(steps[0].id, thread_id=thread.id, run_id=run.id,
                                                        include=[CONTENT])
@@ -94,7 +96,8 @@ def test_file_search_steps_stream_as_events(client: openai.OpenAI, upstream: Fak
         ("thread.run.step.completed", "message_creation"),
     ]
     completed = next(e.data for e in events if e.event == "thread.run.step.completed")
-    assert completed.step_details.tool_calls[0].file_search.results[0].file_id == ids[0]  # type: ignore[union-attr]
+    result = completed.step_details.tool_calls[0].file_search.results[0]  # type: ignore[union-attr]
+    assert result.file_id == ids[0] and result.content is None
     assert not any(e.event == "thread.run.step.delta" and e.data.delta.step_details.tool_calls[0].type == "function"
                    for e in events if e.event == "thread.run.step.delta")
     done = next(e.data for e in events if e.event == "thread.message.completed")
@@ -180,3 +183,18 @@ def test_tool_choice_file_search_forces_only_the_first_search(client: openai.Ope
     assert run.status == "completed"
     assert [r.body["tool_choice"] for r in upstream.requests] == [
         {"type": "function", "function": {"name": "file_search"}}, "auto"]
+
+
+def test_include_asks_for_the_results_text_in_streamed_steps_and_refuses_other_values(
+        client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    asst, ids = searchable_assistant(client)
+    script(upstream, "include the text")
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "include the text"}])
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.beta.threads.runs.create(thread.id, assistant_id=asst.id, include=["step_details.nothing"])  # type: ignore[list-item]
+    assert refused.value.status_code == 400 and refused.value.body["param"] == "include"  # type: ignore[index]
+    with client.beta.threads.runs.stream(thread_id=thread.id, assistant_id=asst.id, include=[CONTENT]) as stream:
+        events = list(stream)
+    completed = next(e.data for e in events if e.event == "thread.run.step.completed")
+    content = completed.step_details.tool_calls[0].file_search.results[0].content  # type: ignore[union-attr]
+    assert content is not None and content[0].text == QUOKKA.decode().strip()

@@ -95,6 +95,22 @@ async def search(retriever: Retriever, run: Obj, store_ids: list[str], call: Obj
     return {"id": call["id"], "type": NAME, NAME: {"ranking_options": ranking, "results": results}}
 
 
+INCLUDE_CONTENT = "step_details.tool_calls[*].file_search.results[*].content"
+
+
+def without_content(step: Obj) -> Obj:
+    """A run step (or step delta) as shown when `include[]` does not ask for the results' text."""
+    details = step.get("step_details") or (step.get("delta") or {}).get("step_details") or {}
+    if not any(c.get("type") == NAME for c in details.get("tool_calls") or []):
+        return step
+    step = json.loads(json.dumps(step))  # a copy: the caller's object is left as it is
+    details = step.get("step_details") or step["delta"]["step_details"]
+    for call in details["tool_calls"]:
+        for result in (call.get(NAME) or {}).get("results") or []:
+            result.pop("content", None)
+    return step
+
+
 def tool_output(call: Obj) -> str:
     """The results as the model reads them, numbered for citing."""
     results = call[NAME]["results"]

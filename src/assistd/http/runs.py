@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from starlette.requests import Request
@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from assistd.domain.errors import invalid
 from assistd.domain.objects import new_thread
-from assistd.execution import commands
+from assistd.execution import commands, file_search
 from assistd.execution.broker import FROM_START, Event
 from assistd.execution.runtime import Runtime
 from assistd.http.common import ok, page, params, path, runtime
@@ -23,7 +23,22 @@ Obj = dict[str, Any]
 EVENT_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
 
 
-async def _start(rt: Runtime, run_id: str, stream: bool, insert: Awaitable[Obj], before: list[Event]) -> Response:
+def step_shape(request: Request) -> Callable[[Obj], Obj] | None:
+    """How run steps are shown for the request's `include[]`: None keeps them whole."""
+    include = request.query_params.getlist("include[]") + request.query_params.getlist("include")
+    for value in include:
+        if value != file_search.INCLUDE_CONTENT:
+            raise invalid(f"Invalid value for 'include': '{value}'. Supported values are: "
+                          f"'{file_search.INCLUDE_CONTENT}'.", "include")
+    return None if include else file_search.without_content
+
+
+def _shown(step: Obj, shape: Callable[[Obj], Obj] | None) -> Obj:
+    return step if shape is None else shape(step)
+
+
+async def _start(rt: Runtime, run_id: str, stream: bool, insert: Awaitable[Obj], before: list[Event],
+                 shape: Callable[[Obj], Obj] | None = None) -> Response:
     """Insert a new run and answer with it, or with its event stream from `thread.run.created`.
 
     The stream subscribes before the insert, so not even a fast worker's first event is missed.
@@ -38,15 +53,17 @@ async def _start(rt: Runtime, run_id: str, stream: bool, insert: Awaitable[Obj],
     await rt.signals.run_queued()
     if sub is None:
         return ok(run)
-    return stream_response(rt, sub, [*before, Event("thread.run.created", run), *commands.queued_events(run)])
+    return stream_response(rt, sub, [*before, Event("thread.run.created", run), *commands.queued_events(run)],
+                           shape)
 
 
 async def create(request: Request) -> Response:
     rt, thread_id = runtime(request), path(request, "thread_id")
+    shape = step_shape(request)
     parsed, data = await params(request, RunCreate)
     assistant = await rt.store.get_assistant(parsed.assistant_id)
     row, extra = commands.new_run(rt, thread_id, assistant, data)
-    return await _start(rt, row["id"], bool(parsed.stream), rt.store.create_run(row, extra), [])
+    return await _start(rt, row["id"], bool(parsed.stream), rt.store.create_run(row, extra), [], shape)
 
 
 async def _insert_thread_and_run(rt: Runtime, thread: Obj, messages: list[Obj], row: Obj) -> Obj:
@@ -94,6 +111,7 @@ async def cancel(request: Request) -> Response:
 
 async def submit_tool_outputs(request: Request) -> Response:
     rt, thread_id, run_id = runtime(request), path(request, "thread_id"), path(request, "run_id")
+    shape = step_shape(request)
     parsed, data = await params(request, SubmitToolOutputs)
     sub = await rt.broker.subscribe(run_id) if parsed.stream else None
     try:
@@ -105,7 +123,7 @@ async def submit_tool_outputs(request: Request) -> Response:
     await rt.signals.run_queued()
     if sub is None:
         return ok(run)
-    return stream_response(rt, sub, commands.queued_events(run, steps))
+    return stream_response(rt, sub, commands.queued_events(run, steps), shape)
 
 
 async def events(request: Request) -> Response:
@@ -132,14 +150,18 @@ async def events(request: Request) -> Response:
 
 
 async def list_steps(request: Request) -> Response:
+    shape = step_shape(request)
     pages, _ = page(request)
     store = runtime(request).store
-    return ok(await store.list_steps(path(request, "thread_id"), path(request, "run_id"), pages))
+    listed = await store.list_steps(path(request, "thread_id"), path(request, "run_id"), pages)
+    return ok({**listed, "data": [_shown(step, shape) for step in listed["data"]]})
 
 
 async def retrieve_step(request: Request) -> Response:
+    shape = step_shape(request)
     store = runtime(request).store
-    return ok(await store.get_step(path(request, "thread_id"), path(request, "run_id"), path(request, "step_id")))
+    step = await store.get_step(path(request, "thread_id"), path(request, "run_id"), path(request, "step_id"))
+    return ok(_shown(step, shape))
 
 
 routes = [

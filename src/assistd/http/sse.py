@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Iterable
+import json
+from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
 from starlette.responses import StreamingResponse
@@ -28,9 +29,20 @@ def frame(event: str, data: Any, event_id: str = "") -> bytes:
 DONE = frame("done", "[DONE]")
 
 
-async def _events(rt: Runtime, sub: Subscription, first: Iterable[Event]) -> AsyncIterator[bytes]:
+Shape = Callable[[Any], Any]  # rewrites an event's object before it is sent (e.g. `include[]`)
+STEP_EVENT = "thread.run.step."
+
+
+def _shaped(event: Event, shape: Shape | None) -> Event:
+    if shape is None or not event.event.startswith(STEP_EVENT):
+        return event
+    data = json.loads(event.data) if isinstance(event.data, str) else event.data
+    return Event(event.event, shape(data), event.id)
+
+
+async def _events(rt: Runtime, sub: Subscription, first: Iterable[Event], shape: Shape | None) -> AsyncIterator[bytes]:
     try:
-        async for chunk in _run_events(rt, sub, first):
+        async for chunk in _run_events(rt, sub, first, shape):
             yield chunk
     except Exception:
         log.exception("stream of run %s broke", sub.run_id)
@@ -58,22 +70,26 @@ async def _next_event(rt: Runtime, sub: Subscription) -> Event | None:
             return Event(f"thread.run.{run['status']}", run)
 
 
-async def _run_events(rt: Runtime, sub: Subscription, first: Iterable[Event]) -> AsyncIterator[bytes]:
+async def _run_events(rt: Runtime, sub: Subscription, first: Iterable[Event],
+                      shape: Shape | None) -> AsyncIterator[bytes]:
     pending = list(first)
     while True:
         event = pending.pop(0) if pending else await _next_event(rt, sub)
         if event is None:
             break
-        yield frame(event.event, event.data, event.id)
+        shaped = _shaped(event, shape)
+        yield frame(shaped.event, shaped.data, shaped.id)
         if event.event in STOP_EVENTS:
             break
     yield DONE
 
 
-def stream_response(rt: Runtime, sub: Subscription, first: Iterable[Event]) -> StreamingResponse:
-    """Stream a run's events to the client; a client that goes away leaves the run running."""
+def stream_response(rt: Runtime, sub: Subscription, first: Iterable[Event],
+                    shape: Shape | None = None) -> StreamingResponse:
+    """Stream a run's events to the client; a client that goes away leaves the run running.
+    `shape`, if given, rewrites each run step event's object."""
     return StreamingResponse(
-        _events(rt, sub, list(first)),
+        _events(rt, sub, list(first), shape),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
