@@ -205,6 +205,7 @@ class FakeUpstream:
         self.port = 0
         self.embedding_batches: list[int] = []  # texts per /v1/embeddings request, in order
         self.fail_embeddings = False
+        self.embeddings_delay = 0.0  # seconds before each /v1/embeddings answer
 
     # ------------------------------------------------------------ script
 
@@ -233,6 +234,7 @@ class FakeUpstream:
             self._requests.clear()
             self.embedding_batches.clear()
             self.fail_embeddings = False
+            self.embeddings_delay = 0.0
 
     def _pick(self, marker: str) -> Reply:
         with self._lock:
@@ -411,6 +413,7 @@ class FakeUpstream:
             since = int(parse_qs(url.query).get("since", ["0"])[0])
             return await _send_json(writer, 200, [r.summary() for r in self.requests[since:]])
         if method == "POST" and path in ("/v1/embeddings", "/embeddings"):
+            await asyncio.sleep(self.embeddings_delay)
             return await _send_json(writer, *self._embeddings(body))
         if path not in ("/v1/chat/completions", "/chat/completions"):
             return await _send_json(writer, 404, _error_body(404, f"no route {method} {path}"))

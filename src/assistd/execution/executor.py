@@ -93,6 +93,7 @@ class RunTurn:
     async def _turn(self) -> None:
         if file_search.tool(self.run) is not None:
             self.store_ids = await file_search.vector_store_ids(self.rt.store, self.run)
+            await file_search.wait_for_ingestion(self.rt.store, self.store_ids)
         while await self._call():
             self._reset()
 

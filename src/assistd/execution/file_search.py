@@ -8,12 +8,15 @@ always kept (the next upstream request is rebuilt from it).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from typing import Any
 
 from assistd.domain.errors import ApiError
 from assistd.execution.retrieval import Retriever
+from assistd.storage.db import expand_in
 from assistd.storage.store import Store
 
 Obj = dict[str, Any]
@@ -22,6 +25,8 @@ NAME = "file_search"
 MAX_ROUNDS = 5  # searches in one run before the tool is no longer offered
 DEFAULT_MAX_RESULTS = 20
 DEFAULT_RANKER = "default_2024_08_21"  # what OpenAI reports for `auto`
+INGESTION_WAIT_SECONDS = 600.0
+INGESTION_POLL_SECONDS = 0.2
 MARKER = re.compile(r"【(\d+)†([^】]*)】")
 
 FUNCTION: Obj = {
@@ -61,6 +66,22 @@ async def vector_store_ids(store: Store, run: Obj) -> list[str]:
         for vs_id in resources.get("vector_store_ids") or []:
             ids.setdefault(vs_id, None)
     return list(ids)
+
+
+async def wait_for_ingestion(store: Store, store_ids: list[str]) -> None:
+    """Wait while files of the stores are still being ingested (as OpenAI's runs do), at most
+    INGESTION_WAIT_SECONDS; cancelling the run ends the wait at once."""
+    if not store_ids:
+        return
+    params: Obj = {}
+    sql = expand_in("SELECT COUNT(*) AS n FROM vector_store_files WHERE status = 'in_progress' "
+                    "AND vector_store_id IN (:ids)", "ids", store_ids, params)
+    deadline = time.monotonic() + INGESTION_WAIT_SECONDS
+    while time.monotonic() < deadline:
+        row = await store.db.fetchone(sql, **params)
+        if not row or not int(row["n"]):
+            return
+        await asyncio.sleep(INGESTION_POLL_SECONDS)
 
 
 def ranking_options(run: Obj) -> Obj:

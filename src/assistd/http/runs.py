@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from assistd.domain.errors import invalid
 from assistd.domain.objects import new_thread
-from assistd.execution import commands, file_search
+from assistd.execution import attachments, commands, file_search
 from assistd.execution.broker import FROM_START, Event
 from assistd.execution.runtime import Runtime
 from assistd.http.common import ok, page, params, path, runtime
@@ -63,6 +63,7 @@ async def create(request: Request) -> Response:
     parsed, data = await params(request, RunCreate)
     assistant = await rt.store.get_assistant(parsed.assistant_id)
     row, extra = commands.new_run(rt, thread_id, assistant, data)
+    await attachments.attach_to_thread(rt.store, thread_id, extra)
     return await _start(rt, row["id"], bool(parsed.stream), rt.store.create_run(row, extra), [], shape)
 
 
@@ -74,6 +75,7 @@ async def _insert_thread_and_run(rt: Runtime, thread: Obj, messages: list[Obj], 
 
 async def create_thread_and_run(request: Request) -> Response:
     rt = runtime(request)
+    shape = step_shape(request)
     parsed, data = await params(request, ThreadAndRunCreate)
     assistant = await rt.store.get_assistant(parsed.assistant_id)
     thread_params = data.get("thread") or {}
@@ -81,9 +83,11 @@ async def create_thread_and_run(request: Request) -> Response:
         thread_params["tool_resources"] = data["tool_resources"]
     thread = new_thread(thread_params)
     messages = [commands.message_from_params(thread["id"], m) for m in thread_params.get("messages") or []]
+    thread["tool_resources"] = await attachments.new_thread_resources(
+        rt.store, thread["tool_resources"], messages) or {}
     row, _ = commands.new_run(rt, thread["id"], assistant, data)
     insert = _insert_thread_and_run(rt, thread, messages, row)
-    return await _start(rt, row["id"], bool(parsed.stream), insert, [Event("thread.created", thread)])
+    return await _start(rt, row["id"], bool(parsed.stream), insert, [Event("thread.created", thread)], shape)
 
 
 async def list_(request: Request) -> Response:

@@ -7,6 +7,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from assistd.domain.objects import new_thread
+from assistd.execution.attachments import attach_to_thread, new_thread_resources
 from assistd.execution.commands import message_from_params
 from assistd.http.common import deleted, ok, page, params, path, runtime
 from assistd.http.models import (
@@ -19,10 +20,12 @@ from assistd.http.models import (
 
 
 async def create(request: Request) -> Response:
+    store = runtime(request).store
     _, data = await params(request, ThreadCreate)
     thread = new_thread(data)
     messages = [message_from_params(thread["id"], m) for m in data.get("messages") or []]
-    return ok(await runtime(request).store.insert_thread(thread, messages))
+    thread["tool_resources"] = await new_thread_resources(store, thread["tool_resources"], messages) or {}
+    return ok(await store.insert_thread(thread, messages))
 
 
 async def retrieve(request: Request) -> Response:
@@ -43,9 +46,11 @@ async def delete(request: Request) -> Response:
 
 
 async def create_message(request: Request) -> Response:
+    store = runtime(request).store
     _, data = await params(request, MessageCreate)
     message = message_from_params(path(request, "thread_id"), data)
-    return ok(await runtime(request).store.add_user_message(message))
+    await attach_to_thread(store, message["thread_id"], [message])
+    return ok(await store.add_user_message(message))
 
 
 async def list_messages(request: Request) -> Response:
