@@ -359,3 +359,34 @@ def test_ingestion_interrupted_by_a_crash_completes_after_a_restart(
         assert (done.file_counts.completed, done.file_counts.total) == (12, 12)
         assert found_ids(client, store.id, "needle7") == [ids[7]]
         assert len(chunks(client, store.id, ids[0])) == 2001
+
+
+def test_an_expired_store_refuses_use_fails_its_runs_and_loses_its_chunks(
+        make_server: Callable[..., AssistdServer]) -> None:
+    srv = make_server()
+    with srv.client() as client:
+        file_id = upload(client, "quokka.txt", QUOKKA)
+        store = client.vector_stores.create(file_ids=[file_id], expires_after={"anchor": "last_active_at", "days": 1})
+        wait_ingested(client, store.id)
+        assert chunks(client, store.id, file_id)
+        srv.sql(f"UPDATE vector_stores SET last_active_at = last_active_at - 86401 WHERE id = '{store.id}'")
+        aged = client.vector_stores.retrieve(store.id)
+        assert aged.status == "expired" and aged.expires_at is not None and aged.expires_at <= time.time()
+        for use in (lambda: client.vector_stores.search(store.id, query="quokka"),
+                    lambda: client.vector_stores.files.create(vector_store_id=store.id, file_id=file_id)):
+            with pytest.raises(openai.BadRequestError, match="has expired"):
+                use()
+        asst = client.beta.assistants.create(model="gpt-4o", tools=[{"type": "file_search"}],
+                                             tool_resources={"file_search": {"vector_store_ids": [store.id]}})
+        thread = client.beta.threads.create(messages=[{"role": "user", "content": "quokka?"}])
+        run = client.beta.threads.runs.create_and_poll(thread_id=thread.id, assistant_id=asst.id, poll_interval_ms=50)
+        assert run.status == "failed" and run.last_error is not None
+        assert run.last_error.code == "invalid_prompt" and store.id in run.last_error.message
+    srv.stop()
+    srv.start()  # a sweep soon after start purges expired stores' chunks
+    with srv.client() as client:
+        deadline = time.monotonic() + 10
+        while chunks(client, store.id, file_id) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert chunks(client, store.id, file_id) == []
+        assert client.vector_stores.retrieve(store.id).status == "expired"

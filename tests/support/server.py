@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import os
 import secrets
 import signal
@@ -141,6 +142,27 @@ class AssistdServer:
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.poll() is None
+
+    def sql(self, statement: str) -> None:
+        """Run one SQL statement on the server's database (to age a row, say), as another client would."""
+        url = self.env.get("ASSISTD_DATABASE_URL", "")
+        if url.startswith(("postgresql://", "postgres://")):
+            async def run() -> None:
+                import asyncpg
+
+                conn = await asyncpg.connect(url, timeout=10)
+                try:
+                    await conn.execute(statement)
+                finally:
+                    await conn.close()
+
+            _run_sync(run())
+            return
+        import sqlite3
+
+        with contextlib.closing(sqlite3.connect(self.data_dir / "assistd.db", timeout=10)) as conn:
+            conn.execute(statement)
+            conn.commit()
 
     # ------------------------------------------------------------ lifecycle
 

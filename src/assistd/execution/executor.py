@@ -73,7 +73,7 @@ class RunTurn:
             await self._turn()
         except asyncio.CancelledError:
             await self._record_end(asyncio.shield(self._after_stop()))
-        except UpstreamError as exc:
+        except (UpstreamError, file_search.ExpiredStore) as exc:
             await self._record_end(self._end(RunStatus.FAILED, last_error={"code": exc.code, "message": exc.message}))
         except Exception as exc:  # a bug must not strand the run in_progress
             log.exception("run %s failed inside assistd", self.run_id)
@@ -93,6 +93,7 @@ class RunTurn:
     async def _turn(self) -> None:
         if file_search.tool(self.run) is not None:
             self.store_ids = await file_search.vector_store_ids(self.rt.store, self.run)
+            await file_search.check_live(self.rt.store, self.store_ids)
             await file_search.wait_for_ingestion(self.rt.store, self.store_ids)
         while await self._call():
             self._reset()

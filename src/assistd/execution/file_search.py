@@ -18,6 +18,7 @@ from assistd.domain.errors import ApiError
 from assistd.execution.retrieval import Retriever
 from assistd.storage.db import expand_in
 from assistd.storage.store import Store
+from assistd.storage.vector_stores import VectorStoreStore
 
 Obj = dict[str, Any]
 
@@ -66,6 +67,29 @@ async def vector_store_ids(store: Store, run: Obj) -> list[str]:
         for vs_id in resources.get("vector_store_ids") or []:
             ids.setdefault(vs_id, None)
     return list(ids)
+
+
+class ExpiredStore(Exception):
+    """A store the run would search has expired: as on OpenAI, the run fails."""
+
+    code = "invalid_prompt"
+
+    def __init__(self, vector_store_id: str) -> None:
+        self.message = (f"Vector store '{vector_store_id}' has expired. Create a new vector store with the "
+                        "same files and attach it in its place.")
+        super().__init__(self.message)
+
+
+async def check_live(store: Store, store_ids: list[str]) -> None:
+    """Raise ExpiredStore for the first of the stores that has expired (deleted ones are skipped)."""
+    stores = VectorStoreStore(store.db)
+    for vs_id in store_ids:
+        try:
+            found = await stores.get(vs_id)
+        except ApiError:
+            continue
+        if found["status"] == "expired":
+            raise ExpiredStore(vs_id)
 
 
 async def wait_for_ingestion(store: Store, store_ids: list[str]) -> None:

@@ -19,9 +19,11 @@ from assistd.domain.ids import now
 from assistd.domain.run_state import RunStatus
 from assistd.execution.runtime import Runtime
 from assistd.execution.settle import settle
+from assistd.storage.vector_stores import VectorStoreStore
 
 log = logging.getLogger("assistd.sweeper")
 SWEEP_SECONDS = 1.0
+PURGE_EVERY = 60  # sweeps between purges of expired vector stores' chunks
 ORPHANED = {"code": "server_error", "message": "The process executing the run stopped unexpectedly."}
 
 
@@ -43,6 +45,7 @@ class Sweeper:
         self.rt = rt
         self.owned = owned  # runs this process executes: never orphans
         self._task: asyncio.Task[None] | None = None
+        self._sweeps = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="assistd-sweep")
@@ -67,6 +70,10 @@ class Sweeper:
                 await self._settle_orphan(row["id"], RunStatus(row["status"]), row["worker_id"])
         for row in await self.rt.store.expirable_runs(now()):
             await settle(self.rt.store, self.rt.broker, row["id"], RunStatus.EXPIRED)
+        if self._sweeps % PURGE_EVERY == 0:
+            for vector_store_id in await VectorStoreStore(self.rt.store.db).purge_expired():
+                log.info("vector store %s expired: its chunks were deleted", vector_store_id)
+        self._sweeps += 1
 
     async def _settle_orphan(self, run_id: str, status: RunStatus, holder: str | None) -> None:
         """Every change is guarded by the dead worker still holding the run: another sweeper

@@ -167,7 +167,7 @@ class VectorStoreStore:
 
     async def add_file(self, vector_store_id: str, file_id: str, strategy: Obj | None,
                        attributes: Obj | None) -> Obj:
-        await self._row(vector_store_id)
+        await self.live(vector_store_id)
         if not await _file_exists(self.db, file_id):
             raise not_found("file", file_id)
         async with self.db.transaction() as tx:
@@ -225,7 +225,7 @@ class VectorStoreStore:
 
     async def create_batch(self, vector_store_id: str, entries: list[Entry]) -> Obj:
         """Attach files as one batch; each entry is (file id, chunking strategy, attributes)."""
-        await self._row(vector_store_id)
+        await self.live(vector_store_id)
         batch_id = new_id("vsfb")
         async with self.db.transaction() as tx:
             await tx.execute(
@@ -260,10 +260,28 @@ class VectorStoreStore:
 
     async def open_for_search(self, vector_store_id: str) -> None:
         """Check the store can be searched (it exists and has not expired), and mark it active."""
+        await self.live(vector_store_id)
+        await self.touch(vector_store_id)
+
+    async def live(self, vector_store_id: str) -> Obj:
+        """The store, unless it has expired (then 400: it can't be used any more)."""
         store = await self.get(vector_store_id)
         if store["status"] == "expired":
             raise expired_error(vector_store_id)
-        await self.touch(vector_store_id)
+        return store
+
+    async def purge_expired(self) -> list[str]:
+        """Delete the chunks of stores that have expired; returns those stores' ids."""
+        rows = await self.db.fetchall(
+            "SELECT s.id, s.expires_after, s.last_active_at FROM vector_stores s WHERE s.expires_after IS NOT NULL "
+            "AND EXISTS (SELECT 1 FROM vector_store_chunks c WHERE c.vector_store_id = s.id)")
+        expired = [r["id"] for r in rows
+                   if int(r["last_active_at"]) + int(o.loads_or_none(r["expires_after"])["days"]) * o.DAY_SECONDS
+                   <= now()]
+        for vector_store_id in expired:
+            async with self.db.transaction() as tx:
+                await self._delete_chunks(tx, vector_store_id, None)
+        return expired
 
     async def lexical(self, vector_store_id: str, queries: list[str], limit: int) -> list[Obj]:
         """The best-matching chunks of the store's completed files by their words, best first."""
