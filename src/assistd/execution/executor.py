@@ -3,8 +3,8 @@ model said (a message, or tool calls), and move the run to its next status.
 
 A run that needs tool outputs ends its turn at `requires_action`; submitting the outputs
 queues the run again and a later turn continues from what the database holds. Calls of the
-`file_search` tool are answered by assistd itself, and the turn goes on with another
-upstream call.
+`file_search` and `code_interpreter` tools are answered by assistd itself, and the turn
+goes on with another upstream call.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 from assistd.domain import objects as o
 from assistd.domain.ids import new_id, now
 from assistd.domain.run_state import RunStatus
-from assistd.execution import file_search, prompt
+from assistd.execution import code_tool, file_search, prompt
 from assistd.execution.runtime import Runtime
 from assistd.execution.settle import Settled, run_usage, settle, settle_in
 from assistd.execution.sweeper import hand_back
 from assistd.execution.upstream import UpstreamError
+from assistd.storage.files import FileStore
 
 log = logging.getLogger("assistd.executor")
 Obj = dict[str, Any]
@@ -46,6 +47,7 @@ class RunTurn:
         self.store_ids: list[str] = []  # the vector stores file_search looks in
         self.steps: list[Obj] = []  # the run's steps before this upstream call
         self.searching = False  # the model is offered file_search in this call
+        self.coding = False  # the model is offered code_interpreter in this call
         self._reset()
 
     def _reset(self) -> None:
@@ -54,6 +56,7 @@ class RunTurn:
         self.message_step: Obj | None = None
         self.tool_step: Obj | None = None
         self.calls: dict[int, Obj] = {}
+        self.code_inputs: dict[int, code_tool.InputStream] = {}
         self.text: list[str] = []
         self.usage: Obj | None = None
         self.finish_reason: str | None = None
@@ -105,6 +108,8 @@ class RunTurn:
         history = await store.thread_messages(self.run["thread_id"])
         used = run_usage(steps)
         self.searching = bool(self.store_ids) and file_search.rounds(steps) < file_search.MAX_ROUNDS
+        self.coding = (self.rt.code_pool is not None and code_tool.tool(self.run) is not None
+                       and code_tool.rounds(steps) < code_tool.MAX_ROUNDS)
         request = self._request(history, steps, used)
         if isinstance(request, str):
             await self._end_incomplete(request)
@@ -135,8 +140,18 @@ class RunTurn:
         except prompt.PromptTooLong:
             return "max_prompt_tokens"
         self.prompt_estimate = prompt.estimate_tokens(messages)
-        run = file_search.request_run(self.run, steps)
-        return prompt.build_request(run, messages, completion_left, self.rt.upstream.max_tokens_param, self.searching)
+        served = [*([file_search.FUNCTION] if self.searching else []), *([code_tool.FUNCTION] if self.coding else [])]
+        return prompt.build_request(self._request_run(steps), messages, completion_left,
+                                    self.rt.upstream.max_tokens_param, served)
+
+    def _request_run(self, steps: list[Obj]) -> Obj:
+        """The run as the next request sees it: a `tool_choice` forcing file_search or
+        code_interpreter forces only the first call of it."""
+        choice = self.run.get("tool_choice")
+        called = {file_search.NAME: file_search.rounds(steps), code_tool.NAME: code_tool.rounds(steps)}
+        if isinstance(choice, dict) and called.get(choice.get("type") or ""):
+            return {**self.run, "tool_choice": "auto"}
+        return self.run
 
     async def _on_chunk(self, chunk: ChatCompletionChunk) -> None:
         if chunk.usage is not None:
@@ -225,6 +240,9 @@ class RunTurn:
                 entry["id"] = call["id"]
             if self._is_search(call):  # shown as a file_search call when it is answered
                 continue
+            if self._is_code(call):
+                self._publish_code_input(step, delta.index, call, arguments, first)
+                continue
             self.publish("thread.run.step.delta", {
                 "id": step["id"], "object": "thread.run.step.delta",
                 "delta": {"step_details": {"type": "tool_calls", "tool_calls": [entry]}},
@@ -233,11 +251,56 @@ class RunTurn:
     def _is_search(self, call: Obj) -> bool:
         return self.searching and call["type"] == "function" and call["function"]["name"] == file_search.NAME
 
-    async def _answer_searches(self) -> None:
-        """Replace the model's file_search calls by their `file_search` tool calls, results included."""
+    def _is_code(self, call: Obj) -> bool:
+        return self.coding and call["type"] == "function" and call["function"]["name"] == code_tool.NAME
+
+    def _publish_code_input(self, step: Obj, index: int, call: Obj, arguments: str, first: bool) -> None:
+        """Stream the code as the model writes it, as a `code_interpreter` call's `input`."""
+        piece = self.code_inputs.setdefault(index, code_tool.InputStream()).feed(arguments)
+        if not piece and not first:
+            return
+        entry: Obj = {"index": index, "type": code_tool.NAME, code_tool.NAME: {"input": piece}}
+        if first:
+            entry["id"] = call["id"]
+            entry[code_tool.NAME]["outputs"] = []
+        self.publish("thread.run.step.delta", {
+            "id": step["id"], "object": "thread.run.step.delta",
+            "delta": {"step_details": {"type": "tool_calls", "tool_calls": [entry]}},
+        })
+
+    async def _answer_served_calls(self) -> None:
+        """Answer the model's file_search and code_interpreter calls: each becomes its tool
+        call object (search results; code input and outputs)."""
         for index, call in self.calls.items():
             if self._is_search(call):
                 self.calls[index] = await file_search.search(self.rt.retriever, self.run, self.store_ids, call)
+            elif self._is_code(call):
+                self.calls[index] = await self._run_code(index, call)
+
+    async def _run_code(self, index: int, call: Obj) -> Obj:
+        """Run the call's code in the thread's session; files it writes and images it shows
+        become Files."""
+        assert self.rt.code_pool is not None and self.tool_step is not None
+        code = code_tool.code_of(call["function"]["arguments"])
+        files = FileStore(self.rt.store.db, self.rt.settings.files_dir)
+        wanted = await code_tool.input_file_ids(self.rt.store, self.run)
+        result = await self.rt.code_pool.execute(self.run["thread_id"], code,
+                                                 await code_tool.input_files(files, wanted))
+        written = [(path.name, (await files.add_bytes(path.name, code_tool.OUTPUT_PURPOSE,
+                                                      await asyncio.to_thread(path.read_bytes)))["id"])
+                   for path in result.files]
+        logs = "\n".join(part for part in (result.logs, code_tool.written_notes(written)) if part)
+        outputs = [code_tool.logs_output(logs)] if logs else []
+        for number, png in enumerate(result.images):
+            image = await files.add_bytes(f"image-{number}.png", code_tool.OUTPUT_PURPOSE, png)
+            outputs.append(code_tool.image_output(image["id"]))
+        self.publish("thread.run.step.delta", {
+            "id": self.tool_step["id"], "object": "thread.run.step.delta",
+            "delta": {"step_details": {"type": "tool_calls", "tool_calls": [
+                {"index": index, "type": code_tool.NAME,
+                 code_tool.NAME: {"outputs": [{"index": i, **out} for i, out in enumerate(outputs)]}}]}},
+        })
+        return code_tool.call_object(call["id"], code, outputs)
 
     # ------------------------------------------------------------ ending the turn
 
@@ -257,8 +320,9 @@ class RunTurn:
         length = self.finish_reason == "length"
         wants_tools = bool(self.calls) and not length and not over_prompt
         if wants_tools:
-            await self._answer_searches()
-        searched_only = wants_tools and all(c["type"] == file_search.NAME for c in self.calls.values())
+            await self._answer_served_calls()
+        answered_only = wants_tools and all(c["type"] in (file_search.NAME, code_tool.NAME)
+                                            for c in self.calls.values())
         store = self.rt.store
         events: list[tuple[str, Obj]] = []
         async with store.db.transaction() as tx:
@@ -266,8 +330,8 @@ class RunTurn:
             if self.message is not None and self.message_step is not None:
                 events += await self._complete_message(tx, truncated=length, usage=usage if last_step is self.message_step else None)
             settled: Obj | Settled | None
-            if searched_only:
-                events.append(("thread.run.step.completed", await self._complete_searches(tx, usage)))
+            if answered_only:
+                events.append(("thread.run.step.completed", await self._complete_answered(tx, usage)))
                 settled = None
             elif wants_tools:
                 settled = await self._require_action(tx, usage)
@@ -276,7 +340,7 @@ class RunTurn:
                     self.tool_step["usage"] = usage
                     await store.save_step(self.tool_step, tx)
                 settled = await self._settle_turn(tx, length, over_prompt)
-        if settled is None and not searched_only:
+        if settled is None and not answered_only:
             await self._lost_race()
             return False
         for event, data in events:
@@ -285,10 +349,10 @@ class RunTurn:
             settled.publish(self.rt.broker)
         elif settled is not None:
             self.publish("thread.run.requires_action", settled)
-        return searched_only
+        return answered_only
 
-    async def _complete_searches(self, tx: Any, usage: Obj) -> Obj:
-        """Every call was file_search, answered: the step is complete and the turn goes on."""
+    async def _complete_answered(self, tx: Any, usage: Obj) -> Obj:
+        """Every call was answered by assistd: the step is complete and the turn goes on."""
         assert self.tool_step is not None
         self.tool_step["step_details"]["tool_calls"] = [self.calls[i] for i in sorted(self.calls)]
         self.tool_step.update(status="completed", completed_at=now(), usage=usage)
@@ -300,7 +364,11 @@ class RunTurn:
         self._sync_text()
         message, step = self.message, self.message_step
         for part in message["content"]:
-            part["text"]["annotations"] = file_search.citations(part["text"]["value"], self.steps)
+            text = part["text"]["value"]
+            part["text"]["annotations"] = sorted(
+                file_search.citations(text, self.steps) + code_tool.file_paths(text, self.steps),
+                key=lambda a: a["start_index"])
+        message["content"] += code_tool.image_parts(self.steps)
         if truncated:
             message.update(status="incomplete", incomplete_at=now(), incomplete_details={"reason": "max_tokens"})
         else:

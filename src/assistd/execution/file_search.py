@@ -198,11 +198,3 @@ def _cited(searches: list[list[Obj]], n: int, name: str) -> str | None:
                 return str(result["file_id"])
     latest = searches[-1]
     return str(latest[n]["file_id"]) if n < len(latest) else None
-
-
-def request_run(run: Obj, steps: list[Obj]) -> Obj:
-    """The run as the next request sees it: a `tool_choice` forcing file_search forces only the first search."""
-    choice = run.get("tool_choice")
-    if isinstance(choice, dict) and choice.get("type") == NAME and rounds(steps):
-        return {**run, "tool_choice": "auto"}
-    return run

@@ -6,7 +6,7 @@ import json
 from typing import Any
 
 from assistd.domain.objects import message_text
-from assistd.execution import file_search
+from assistd.execution import code_tool, file_search
 
 Obj = dict[str, Any]
 
@@ -37,7 +37,7 @@ def step_messages(step: Obj, messages_by_id: dict[str, Obj]) -> list[Obj]:
     if details["type"] == "message_creation":
         message = messages_by_id.get(details["message_creation"]["message_id"])
         return [chat_message(message)] if message and message_text(message) else []
-    calls = [c for c in details["tool_calls"] if c["type"] in ("function", file_search.NAME)]
+    calls = [c for c in details["tool_calls"] if c["type"] in ("function", file_search.NAME, code_tool.NAME)]
     if not calls:
         return []
     assistant = {"role": "assistant", "content": None, "tool_calls": [_chat_call(c) for c in calls]}
@@ -48,6 +48,8 @@ def step_messages(step: Obj, messages_by_id: dict[str, Obj]) -> list[Obj]:
 def _chat_call(call: Obj) -> Obj:
     if call["type"] == file_search.NAME:
         return file_search.chat_call(call)
+    if call["type"] == code_tool.NAME:
+        return code_tool.chat_call(call)
     function = call["function"]
     return {"id": call["id"], "type": "function",
             "function": {"name": function["name"], "arguments": function["arguments"]}}
@@ -56,6 +58,8 @@ def _chat_call(call: Obj) -> Obj:
 def _tool_output(call: Obj) -> str:
     if call["type"] == file_search.NAME:
         return file_search.tool_output(call)
+    if call["type"] == code_tool.NAME:
+        return code_tool.tool_output(call)
     return str(call["function"].get("output") or "")
 
 
@@ -82,21 +86,25 @@ def truncate(run: Obj, system: list[Obj], thread: list[Obj], own: list[Obj], pro
     return messages
 
 
-def function_tools(run: Obj, searching: bool = False) -> list[Obj]:
-    """The run's function tools, and the `file_search` function while assistd answers it."""
+def function_tools(run: Obj, served: list[Obj] | None = None) -> list[Obj]:
+    """The run's function tools, and the functions standing for the tools assistd answers
+    itself (`file_search`, `code_interpreter`) while it offers them."""
     tools = [
         {"type": "function", "function": t["function"]}
         for t in run.get("tools") or []
         if t.get("type") == "function"
     ]
-    return [*tools, file_search.FUNCTION] if searching else tools
+    return [*tools, *(served or [])]
 
 
-def tool_choice(run: Obj, searching: bool) -> Any:
-    """The run's `tool_choice`, with `{"type": "file_search"}` as the function it stands for."""
+def tool_choice(run: Obj, served: list[Obj] | None = None) -> Any:
+    """The run's `tool_choice`; `{"type": "file_search"}` (or code_interpreter) becomes the
+    function that stands for it while offered, else `auto`."""
     choice = run.get("tool_choice") or "auto"
-    if isinstance(choice, dict) and choice.get("type") == file_search.NAME:
-        return {"type": "function", "function": {"name": file_search.NAME}} if searching else "auto"
+    if isinstance(choice, dict) and choice.get("type") in (file_search.NAME, code_tool.NAME):
+        offered = {t["function"]["name"] for t in served or []}
+        name = choice["type"]
+        return {"type": "function", "function": {"name": name}} if name in offered else "auto"
     return choice
 
 
@@ -108,7 +116,7 @@ def response_format(run: Obj) -> Obj | None:
 
 
 def build_request(run: Obj, messages: list[Obj], completion_budget: int | None, max_tokens_param: str,
-                  searching: bool = False) -> Obj:
+                  served: list[Obj] | None = None) -> Obj:
     request: Obj = {
         "model": run["model"],
         "messages": messages,
@@ -117,10 +125,10 @@ def build_request(run: Obj, messages: list[Obj], completion_budget: int | None, 
     for key in ("temperature", "top_p"):
         if run.get(key) is not None:
             request[key] = run[key]
-    tools = function_tools(run, searching)
+    tools = function_tools(run, served)
     if tools:
         request["tools"] = tools
-        request["tool_choice"] = tool_choice(run, searching)
+        request["tool_choice"] = tool_choice(run, served)
         request["parallel_tool_calls"] = bool(run.get("parallel_tool_calls", True))
     if (fmt := response_format(run)) is not None:
         request["response_format"] = fmt

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 from assistd.config import Settings
 from assistd.execution.broker import Broker, LocalBroker
@@ -30,6 +31,7 @@ class Runtime:
     signals: Signals
     upstream: Upstream
     embedder: UpstreamEmbedder | LocalEmbedder | None = None
+    code_pool: Any = None  # the code_interpreter sessions, in processes that execute runs and can sandbox
 
     @property
     def retriever(self) -> Retriever:

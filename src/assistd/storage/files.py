@@ -105,6 +105,13 @@ class FileStore:
             raise
         return o.file_object(row)
 
+    async def add_bytes(self, filename: str, purpose: str, data: bytes) -> Obj:
+        """A new File made by assistd itself (e.g. written by code_interpreter)."""
+        blob = self.blob(o.new_file_id())
+        await blob.open()
+        blob.add(data)
+        return await self.add(o.new_file_row(blob.file_id, filename, purpose, len(data), None), blob)
+
     async def _insert(self, row: Obj) -> None:
         await self.db.execute(
             "INSERT INTO files (id, created_at, bytes, filename, purpose, expires_at) "

@@ -1,0 +1,225 @@
+"""The `code_interpreter` tool inside runs: assistd offers the model a `code_interpreter`
+function, runs the code itself in the thread's sandboxed Python session
+(`execution/code_interpreter`), and records OpenAI's `code_interpreter` tool call, with its
+`input` and `outputs` (`logs`, `image`).
+
+Files come in from `tool_resources.code_interpreter.file_ids` (assistant and thread) and from
+messages' `attachments` for the tool; they appear under /mnt/data by their names. Files the
+code writes there become Files (`purpose: "assistants_output"`); images it displays become
+`image` outputs and `image_file` parts of the answer; `sandbox:/mnt/data/…` paths in the
+answer carry `file_path` annotations.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from assistd.domain import objects as o
+from assistd.domain.errors import ApiError
+from assistd.storage.files import FileStore
+from assistd.storage.store import Store
+
+Obj = dict[str, Any]
+
+NAME = "code_interpreter"
+MAX_ROUNDS = 10  # code calls in one run before the tool is no longer offered
+OUTPUT_PURPOSE = "assistants_output"
+PATH_MENTION = re.compile(r"sandbox:/mnt/data/([^\s)\]\"'`]+)")
+WRITTEN_NOTE = "[file written: sandbox:/mnt/data/{name} ({file_id})]"
+WRITTEN = re.compile(r"^\[file written: sandbox:/mnt/data/(.+) \((file-[A-Za-z0-9]+)\)\]$", re.MULTILINE)
+INPUT_KEY = re.compile(r'^\s*\{\s*"code"\s*:\s*"')
+
+FUNCTION: Obj = {
+    "type": "function",
+    "function": {
+        "name": NAME,
+        "description": (
+            "Run Python code in a stateful Jupyter session (variables persist between calls). "
+            "The user's files are in /mnt/data; save files for the user there too and refer to "
+            "them as sandbox:/mnt/data/<name>. Display charts with plt.show(). There is no "
+            "internet access."),
+        "parameters": {
+            "type": "object",
+            "properties": {"code": {"type": "string", "description": "The Python code to run."}},
+            "required": ["code"],
+        },
+    },
+}
+
+
+def tool(run: Obj) -> Obj | None:
+    return next((t for t in run.get("tools") or [] if t.get("type") == NAME), None)
+
+
+def rounds(steps: list[Obj]) -> int:
+    return sum(1 for s in steps if s["step_details"]["type"] == "tool_calls"
+               for c in s["step_details"]["tool_calls"] if c["type"] == NAME)
+
+
+# ---------------------------------------------------------------- the input, as it streams
+
+
+class InputStream:
+    """Turns the streamed JSON arguments `{"code": "…"}` into the code, piece by piece."""
+
+    def __init__(self) -> None:
+        self.raw = ""
+        self.sent = 0  # characters of the decoded code already handed out
+
+    def feed(self, piece: str) -> str:
+        """Add streamed argument text; returns the code decoded since the last call."""
+        self.raw += piece
+        code = _decoded_prefix(self.raw)
+        new = code[self.sent:]
+        self.sent = len(code)
+        return new
+
+
+def _decoded_prefix(raw: str) -> str:
+    """The longest surely-decoded prefix of the `code` string in partial JSON arguments."""
+    start = INPUT_KEY.match(raw)
+    if start is None:
+        return ""
+    body = raw[start.end():]
+    end = len(body)
+    i = 0
+    while i < len(body):
+        char = body[i]
+        if char == '"':
+            end = i
+            break
+        if char == "\\":
+            step = 6 if body[i + 1:i + 2] == "u" else 2
+            if i + step > len(body):
+                end = i
+                break
+            i += step
+            continue
+        i += 1
+    try:
+        return str(json.loads('"' + body[:end] + '"'))
+    except json.JSONDecodeError:  # a lone surrogate half: wait for the rest
+        return ""
+
+
+def code_of(arguments: str) -> str:
+    """The code the model sent (its arguments as JSON, or the bare text if they aren't)."""
+    try:
+        parsed = json.loads(arguments or "{}")
+    except json.JSONDecodeError:
+        return _decoded_prefix(arguments) or arguments
+    if isinstance(parsed, dict):
+        return str(parsed.get("code") or "")
+    return str(parsed)
+
+
+# ---------------------------------------------------------------- files in
+
+
+async def input_file_ids(store: Store, run: Obj) -> list[str]:
+    """Files for /mnt/data: the assistant's and thread's resources, and this thread's messages'
+    code_interpreter attachments (each once, in that order)."""
+    ids: dict[str, None] = {}
+    for load, object_id in ((store.get_assistant, run["assistant_id"]), (store.get_thread, run["thread_id"])):
+        try:
+            owner = await load(object_id)
+        except ApiError:
+            continue
+        for file_id in ((owner.get("tool_resources") or {}).get(NAME) or {}).get("file_ids") or []:
+            ids.setdefault(file_id, None)
+    for message in await store.thread_messages(run["thread_id"]):
+        for attachment in message.get("attachments") or []:
+            if any(t.get("type") == NAME for t in attachment.get("tools") or []):
+                ids.setdefault(attachment["file_id"], None)
+    return list(ids)
+
+
+async def input_files(files: FileStore, file_ids: list[str]) -> list[tuple[str, Path]]:
+    """(name, path) of the files that still exist; a deleted one is left out."""
+    found = []
+    for file_id in file_ids:
+        try:
+            row = await files.get(file_id)
+        except ApiError:
+            continue
+        found.append((str(row["filename"]), files.path(file_id)))
+    return found
+
+
+# ---------------------------------------------------------------- the call's record
+
+
+def call_object(call_id: str, code: str, outputs: list[Obj]) -> Obj:
+    return {"id": call_id, "type": NAME, NAME: {"input": code, "outputs": outputs}}
+
+
+def logs_output(logs: str) -> Obj:
+    return {"type": "logs", "logs": logs}
+
+
+def image_output(file_id: str) -> Obj:
+    return {"type": "image", "image": {"file_id": file_id}}
+
+
+def written_notes(written: list[tuple[str, str]]) -> str:
+    """Lines that end a call's logs, one per file its code wrote: (name, File id)."""
+    return "\n".join(WRITTEN_NOTE.format(name=name, file_id=file_id) for name, file_id in written)
+
+
+def tool_output(call: Obj) -> str:
+    """What the model reads back: the logs (with the written files' notes) and the images."""
+    lines = []
+    for output in call[NAME]["outputs"]:
+        if output["type"] == "logs":
+            lines.append(output["logs"])
+        elif output["type"] == "image":
+            lines.append(f"[an image was displayed to the user: {output['image']['file_id']}]")
+    text = "\n".join(line for line in lines if line)
+    return text or "(the code ran and printed nothing)"
+
+
+def chat_call(call: Obj) -> Obj:
+    return {"id": call["id"], "type": "function",
+            "function": {"name": NAME, "arguments": json.dumps({"code": call[NAME]["input"]})}}
+
+
+# ---------------------------------------------------------------- the answer
+
+
+def _calls(steps: list[Obj]) -> list[Obj]:
+    return [c for s in steps if s["step_details"]["type"] == "tool_calls"
+            for c in s["step_details"]["tool_calls"] if c["type"] == NAME]
+
+
+def file_paths(text: str, steps: list[Obj]) -> list[Obj]:
+    """A `file_path` annotation for each sandbox:/mnt/data/<name> that the run's code wrote."""
+    written: dict[str, str] = {}
+    for call in _calls(steps):
+        for output in call[NAME]["outputs"]:
+            if output["type"] == "logs":
+                written.update(WRITTEN.findall(output["logs"]))
+    found = []
+    for match in PATH_MENTION.finditer(text):
+        name = match.group(1).rstrip(".,;:")
+        if name in written:
+            end = match.start() + len("sandbox:/mnt/data/") + len(name)
+            found.append({"type": "file_path", "text": text[match.start():end],
+                          "file_path": {"file_id": written[name]}, "start_index": match.start(), "end_index": end})
+    return found
+
+
+def image_parts(steps: list[Obj]) -> list[Obj]:
+    """`image_file` content parts for the images the run's code displayed since its last message."""
+    since = steps
+    for position, step in enumerate(steps):
+        if step["step_details"]["type"] == "message_creation":
+            since = steps[position + 1:]
+    return [{"type": "image_file", "image_file": {"file_id": out["image"]["file_id"]}}
+            for call in _calls(since) for out in call[NAME]["outputs"] if out["type"] == "image"]
+
+
+def file_row(file_id: str, name: str, size: int) -> Obj:
+    return o.new_file_row(file_id, name, OUTPUT_PURPOSE, size, None)
