@@ -267,8 +267,16 @@ def test_split_words_joins_back() -> None:
 
 
 def test_unknown_paths_answer_404(upstream: FakeUpstream) -> None:
-    response = httpx.post(upstream.base_url + "/embeddings", json={})
+    response = httpx.post(upstream.base_url + "/moderations", json={})
     assert response.status_code == 404 and "error" in response.json()
+
+
+def test_embeddings_give_synonyms_the_same_vector_and_count_batches(upstream: FakeUpstream) -> None:
+    response = httpx.post(upstream.base_url + "/embeddings", json={"model": "m", "input": ["car", "automobile", "cat"]})
+    car, automobile, cat = (item["embedding"] for item in response.json()["data"])
+    assert car == automobile != cat and upstream.embedding_batches == [3]
+    upstream.fail_embeddings = True
+    assert httpx.post(upstream.base_url + "/embeddings", json={"model": "m", "input": "x"}).status_code == 500
 
 
 # ------------------------------------------------------------------ standalone, for benchmarks
