@@ -46,6 +46,11 @@ class Settings:
     embeddings_model: str = ""
     embeddings_batch_size: int = 64
     retrieval: str = "lexical"
+    code_interpreter: bool = True
+    code_max_sessions: int = 8
+    code_idle_seconds: float = 3600.0
+    code_call_seconds: float = 120.0
+    code_memory_mb: int = 1024
 
     @property
     def resolved_database_url(self) -> str:
@@ -88,6 +93,11 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         embeddings_model=(env.get("ASSISTD_EMBEDDINGS_MODEL") or "").strip(),
         embeddings_batch_size=max(1, int(_float(env, "ASSISTD_EMBEDDINGS_BATCH_SIZE", 64))),
         retrieval=_retrieval(env),
+        code_interpreter=(env.get("ASSISTD_CODE_INTERPRETER") or "auto").strip().lower() not in ("off", "0", "false"),
+        code_max_sessions=max(1, int(_float(env, "ASSISTD_CODE_MAX_SESSIONS", 8))),
+        code_idle_seconds=_float(env, "ASSISTD_CODE_IDLE_SECONDS", 3600.0),
+        code_call_seconds=_float(env, "ASSISTD_CODE_CALL_SECONDS", 120.0),
+        code_memory_mb=max(64, int(_float(env, "ASSISTD_CODE_MEMORY_MB", 1024))),
     )
 
 

@@ -130,7 +130,7 @@ def test_file_search_alongside_a_function_tool_keeps_both_offered(
 
 def test_file_search_is_not_offered_without_vector_stores(client: openai.OpenAI, upstream: FakeUpstream) -> None:
     upstream.on("no stores", Reply.text("ok"))
-    asst = assistant(client, tools=[{"type": "file_search"}, {"type": "code_interpreter"}])
+    asst = assistant(client, tools=[{"type": "file_search"}])
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "no stores"}])
     assert poll(client, thread.id, assistant_id=asst.id).status == "completed"
     assert "tools" not in upstream.requests[-1].body

@@ -13,16 +13,19 @@ answer carry `file_path` annotations.
 from __future__ import annotations
 
 import json
+import logging
 import re
 from pathlib import Path
 from typing import Any
 
+from assistd.config import Settings
 from assistd.domain import objects as o
 from assistd.domain.errors import ApiError
 from assistd.storage.files import FileStore
 from assistd.storage.store import Store
 
 Obj = dict[str, Any]
+log = logging.getLogger("assistd.code")
 
 NAME = "code_interpreter"
 MAX_ROUNDS = 10  # code calls in one run before the tool is no longer offered
@@ -57,6 +60,22 @@ def tool(run: Obj) -> Obj | None:
 def rounds(steps: list[Obj]) -> int:
     return sum(1 for s in steps if s["step_details"]["type"] == "tool_calls"
                for c in s["step_details"]["tool_calls"] if c["type"] == NAME)
+
+
+def open_pool(settings: Settings) -> Any:
+    """The sandboxed sessions for this process, or None (the tool is then not offered): when
+    ASSISTD_CODE_INTERPRETER is off, or this host can't sandbox (logged, with the reason)."""
+    if not settings.code_interpreter:
+        return None
+    from assistd.execution.code_interpreter import Limits, SessionPool, sandbox_problem
+
+    if (problem := sandbox_problem()) is not None:
+        log.warning("code_interpreter is not offered: %s", problem)
+        return None
+    limits = Limits(memory_bytes=settings.code_memory_mb * 1024 * 1024, call_seconds=settings.code_call_seconds)
+    root = settings.data_dir.resolve() / "code"
+    return SessionPool(root, max_sessions=settings.code_max_sessions, idle_seconds=settings.code_idle_seconds,
+                       limits=limits)
 
 
 # ---------------------------------------------------------------- the input, as it streams

@@ -17,6 +17,7 @@ import time
 from typing import Any
 
 from assistd.domain.ids import new_id
+from assistd.execution import code_tool
 from assistd.execution.executor import RunTurn, StopReason
 from assistd.execution.ingest import Ingester
 from assistd.execution.runtime import Runtime
@@ -53,6 +54,7 @@ class Worker:
         ]
         self.sweeper.start()
         await self.ingester.start()
+        self.rt.code_pool = code_tool.open_pool(self.rt.settings)
         self.rt.signals.queued.set()
         log.info("worker ready: %s takes up to %d runs", self.id, self.concurrency)
 
@@ -138,3 +140,5 @@ class Worker:
         if remaining:
             await asyncio.wait(remaining, timeout=5)
         await self.sweeper.stop()
+        if self.rt.code_pool is not None:
+            await self.rt.code_pool.close()
