@@ -30,6 +30,7 @@ T = TypeVar("T")
 def root() -> Iterator[Path]:
     """A short folder (unix socket paths live under it)."""
     path = Path(tempfile.mkdtemp(prefix="ci-", dir="/tmp"))
+    path.chmod(0o711)  # the sandbox uid binds folders below it
     yield path
     shutil.rmtree(path, ignore_errors=True)
 

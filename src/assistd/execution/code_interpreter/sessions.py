@@ -58,7 +58,11 @@ class Session:
 
     async def execute(self, code: str, files_in: list[tuple[str, Path]]) -> Output:
         sink = Sink(self.limits.output_chars)
-        restarted = await self._ensure_kernel(sink)
+        try:
+            restarted = await self._ensure_kernel(sink)
+        except KernelDied as failed:
+            log.error("code_interpreter: %s", failed)
+            return Output(logs="[the Python session could not be started]", error=True)
         try:
             await asyncio.to_thread(outputs.copy_in, files_in, self.dirs.data, sandbox.SANDBOX_UID)
         except OSError as exc:
@@ -157,6 +161,9 @@ class SessionPool:
             shutil.rmtree(self.root / sub, ignore_errors=True)
             (self.root / sub).mkdir(mode=0o711)
         self.root.chmod(0o711)  # the sandbox uid must reach its own folders to bind them
+        closed = [p for p in self.root.resolve().parents if not p.stat().st_mode & 0o001]
+        if closed:
+            raise ValueError(f"{closed[0]} must be searchable by others (o+x): the sandbox uid binds folders under {root}")
 
     async def execute(self, key: str, code: str, files_in: list[tuple[str, Path]] | None = None) -> Output:
         """Run `code` in `key`'s session (started if needed) with `files_in` in /mnt/data."""
