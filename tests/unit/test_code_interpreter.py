@@ -331,3 +331,23 @@ def test_an_infinite_loop_that_swallows_interrupts_is_stopped_by_the_wall_clock(
     took, stopped, after = with_pool(root, scenario, limits=Limits(call_seconds=2))
     assert stopped.timed_out and took < 30
     assert after.restarted and "again\n" in after.logs
+
+
+def test_memory_spread_over_several_processes_is_contained(root: Path) -> None:
+    spread = """
+import os, time
+for _ in range(4):
+    if os.fork() == 0:
+        block = bytearray(400 * 1024 ** 2)  # under RLIMIT_AS each; 1.6 GB together
+        time.sleep(60)
+        os._exit(0)
+time.sleep(3)
+print('parent still here')
+"""
+
+    async def scenario(pool: SessionPool) -> tuple[Output, Output]:
+        return await pool.execute("t1", spread), await pool.execute("t1", "print('fine')")
+
+    output, after = with_pool(root, scenario, limits=Limits(call_seconds=8, memory_bytes=768 * MIB))
+    assert "parent still here" in output.logs and "together they used more than 768 MiB" in output.logs
+    assert ok(after) == "fine\n"
