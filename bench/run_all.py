@@ -18,7 +18,7 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-from bench import cancel_latency, concurrent_1000, first_delta, get_run_rps, scale_out
+from bench import cancel_latency, code_interpreter, concurrent_1000, first_delta, get_run_rps, scale_out
 from bench.common import ROOT, main, markdown_of, note_foreign_load
 
 BUDGET = 720.0  # seconds; the whole run takes about six minutes
@@ -69,6 +69,7 @@ def _sections(skip_postgres: bool) -> list[tuple[str, Callable[[], str]]]:
         sections.append(("cancel latency (PostgreSQL)", lambda: cancel_latency.run("postgresql")))
     sections += [
         ("GET run requests per second", get_run_rps.run),
+        ("code_interpreter sessions", code_interpreter.run),
         ("1,000 concurrent streaming runs (SQLite)", concurrent_1000.run),
     ]
     if not skip_postgres:
