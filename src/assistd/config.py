@@ -51,6 +51,7 @@ class Settings:
     code_idle_seconds: float = 3600.0
     code_call_seconds: float = 120.0
     code_memory_mb: int = 1024
+    code_dir: Path = field(default_factory=lambda: Path("/tmp/assistd-code"))
 
     @property
     def resolved_database_url(self) -> str:
@@ -98,6 +99,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         code_idle_seconds=_float(env, "ASSISTD_CODE_IDLE_SECONDS", 3600.0),
         code_call_seconds=_float(env, "ASSISTD_CODE_CALL_SECONDS", 120.0),
         code_memory_mb=max(64, int(_float(env, "ASSISTD_CODE_MEMORY_MB", 1024))),
+        code_dir=Path(env.get("ASSISTD_CODE_DIR") or "/tmp/assistd-code"),
     )
 
 

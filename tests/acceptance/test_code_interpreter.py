@@ -8,6 +8,7 @@ code's output is in the conversation. Every run here goes through the real sandb
 from __future__ import annotations
 
 import json
+import time
 from typing import Any
 
 import openai
@@ -153,6 +154,7 @@ def test_cancel_while_code_runs_interrupts_it_and_the_session_lives_on(
     upstream.on("loop forever", code_call("kept = 'still here'\nwhile True:\n    pass"))
     run = client.beta.threads.runs.create(thread.id, assistant_id=coder(client).id)
     wait_until(lambda: client.beta.threads.runs.steps.list(run.id, thread_id=thread.id).data != [], 15, "the step")
+    time.sleep(3)  # the session starts (about half a second) and the loop is running
     client.beta.threads.runs.cancel(run.id, thread_id=thread.id)
     ended = wait_for_status(client, thread.id, run.id, {"cancelled", "completed", "failed"})
     assert ended.status == "cancelled"

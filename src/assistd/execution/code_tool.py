@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import re
 from pathlib import Path
 from typing import Any
@@ -73,9 +74,15 @@ def open_pool(settings: Settings) -> Any:
         log.warning("code_interpreter is not offered: %s", problem)
         return None
     limits = Limits(memory_bytes=settings.code_memory_mb * 1024 * 1024, call_seconds=settings.code_call_seconds)
-    root = settings.data_dir.resolve() / "code"
-    return SessionPool(root, max_sessions=settings.code_max_sessions, idle_seconds=settings.code_idle_seconds,
-                       limits=limits)
+    root = settings.code_dir / str(os.getpid())  # short (socket paths live under it), one per process
+    try:
+        pool = SessionPool(root, max_sessions=settings.code_max_sessions,
+                           idle_seconds=settings.code_idle_seconds, limits=limits)
+    except (OSError, ValueError) as exc:
+        log.warning("code_interpreter is not offered: %s", exc)
+        return None
+    log.info("code_interpreter offered: sandboxed sessions under %s", root)
+    return pool
 
 
 # ---------------------------------------------------------------- the input, as it streams

@@ -10,6 +10,7 @@ import json
 import os
 import queue
 import secrets
+import shutil
 import signal
 from pathlib import Path
 from typing import Any
@@ -61,9 +62,12 @@ class Kernel:
         argv = sandbox.bwrap_argv(self.python, self.dirs.binds,
                                   sandbox.kernel_command(self.limits, f"{sandbox.KERNEL_DIR_INSIDE}/connection.json"))
         with open(self.dirs.log, "ab") as log:
+            # setpriv drops to the sandbox uid (uvloop, which uvicorn uses, has no user=/group=)
+            uid = str(sandbox.SANDBOX_UID)
             self.proc = await asyncio.create_subprocess_exec(
-                *argv, env=sandbox.sandbox_env(), user=sandbox.SANDBOX_UID, group=sandbox.SANDBOX_UID,
-                extra_groups=[], start_new_session=True, stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
+                shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv,
+                env=sandbox.sandbox_env(), start_new_session=True,
+                stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
         self.client = AsyncKernelClient(context=_context())
         self.client.load_connection_info(connection)
         self.client.start_channels(hb=False)

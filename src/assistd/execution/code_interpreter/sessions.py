@@ -163,7 +163,7 @@ class SessionPool:
         self.root.chmod(0o711)  # the sandbox uid must reach its own folders to bind them
         closed = [p for p in self.root.resolve().parents if not p.stat().st_mode & 0o001]
         if closed:
-            raise ValueError(f"{closed[0]} must be searchable by others (o+x): the sandbox uid binds folders under {root}")
+            raise ValueError(f"{closed[0]} must be searchable by others (o+x): the sandbox uid binds folders under {self.root}")
 
     async def execute(self, key: str, code: str, files_in: list[tuple[str, Path]] | None = None) -> Output:
         """Run `code` in `key`'s session (started if needed) with `files_in` in /mnt/data."""
