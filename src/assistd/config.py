@@ -51,6 +51,10 @@ class Settings:
     code_idle_seconds: float = 3600.0
     code_call_seconds: float = 120.0
     code_memory_mb: int = 1024
+    code_cpu_seconds: int = 600
+    code_processes: int = 64
+    code_disk_mb: int = 256
+    code_output_chars: int = 20_000
     code_dir: Path = field(default_factory=lambda: Path("/tmp/assistd-code"))
 
     @property
@@ -99,6 +103,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         code_idle_seconds=_float(env, "ASSISTD_CODE_IDLE_SECONDS", 3600.0),
         code_call_seconds=_float(env, "ASSISTD_CODE_CALL_SECONDS", 120.0),
         code_memory_mb=max(64, int(_float(env, "ASSISTD_CODE_MEMORY_MB", 1024))),
+        code_cpu_seconds=max(1, int(_float(env, "ASSISTD_CODE_CPU_SECONDS", 600))),
+        code_processes=max(16, int(_float(env, "ASSISTD_CODE_PROCESSES", 64))),
+        code_disk_mb=max(1, int(_float(env, "ASSISTD_CODE_DISK_MB", 256))),
+        code_output_chars=max(100, int(_float(env, "ASSISTD_CODE_OUTPUT_CHARS", 20_000))),
         code_dir=Path(env.get("ASSISTD_CODE_DIR") or "/tmp/assistd-code"),
     )
 

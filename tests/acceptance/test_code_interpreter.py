@@ -16,6 +16,7 @@ import pytest
 
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.flows import assistant, poll, wait_for_status, wait_until
+from tests.support.spec import assert_matches_schema
 
 pytestmark = pytest.mark.timeout(120)
 CODE_TOOL = [{"type": "code_interpreter"}]
@@ -124,6 +125,19 @@ def test_a_chart_becomes_an_image_output_and_an_image_file_part(
     message = client.beta.threads.messages.list(run.thread_id).data[0]
     assert [p.type for p in message.content] == ["text", "image_file"]
     assert message.content[1].image_file.file_id == image.image.file_id  # type: ignore[union-attr]
+    assert_matches_schema(message, "MessageObject")
+    for step in client.beta.threads.runs.steps.list(run.id, thread_id=run.thread_id).data:
+        assert_matches_schema(step, "RunStepObject")
+
+
+def test_a_crashed_session_is_restarted_and_the_model_told(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    thread = client.beta.threads.create()
+    crashed, crash = run_code(client, upstream, "set then crash",
+                              "lost = 1\nimport os, signal\nos.kill(os.getpid(), signal.SIGKILL)", thread_id=thread.id)
+    assert crashed.status == "completed" and "session ended" in logs(crash).lower()
+    run, call = run_code(client, upstream, "after the crash", "print('lost' in globals())", thread_id=thread.id)
+    assert run.status == "completed" and logs(call).endswith("False\n")
+    assert "a new python session was started" in tool_result(upstream).lower()
 
 
 def test_an_exception_is_an_output_not_a_failed_run(client: openai.OpenAI, upstream: FakeUpstream) -> None:

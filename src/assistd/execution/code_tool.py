@@ -16,6 +16,7 @@ import json
 import logging
 import os
 import re
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -73,7 +74,10 @@ def open_pool(settings: Settings) -> Any:
     if (problem := sandbox_problem()) is not None:
         log.warning("code_interpreter is not offered: %s", problem)
         return None
-    limits = Limits(memory_bytes=settings.code_memory_mb * 1024 * 1024, call_seconds=settings.code_call_seconds)
+    limits = Limits(memory_bytes=settings.code_memory_mb * 1024 * 1024, cpu_seconds=settings.code_cpu_seconds,
+                    processes=settings.code_processes, disk_bytes=settings.code_disk_mb * 1024 * 1024,
+                    output_chars=settings.code_output_chars, call_seconds=settings.code_call_seconds)
+    clear_dead_pools(settings.code_dir)
     root = settings.code_dir / str(os.getpid())  # short (socket paths live under it), one per process
     try:
         pool = SessionPool(root, max_sessions=settings.code_max_sessions,
@@ -83,6 +87,34 @@ def open_pool(settings: Settings) -> Any:
         return None
     log.info("code_interpreter offered: sandboxed sessions under %s", root)
     return pool
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clear_dead_pools(code_dir: Path) -> None:
+    """Unmount and delete the session folders of assistd processes on this host that died
+    without closing their pool (killed, or crashed)."""
+    from assistd.execution.code_interpreter import sandbox
+
+    if not code_dir.is_dir():
+        return
+    for folder in code_dir.iterdir():
+        if not folder.name.isdigit() or _alive(int(folder.name)):
+            continue
+        try:
+            for mount_point in sandbox.mounts_under(folder):
+                sandbox.unmount(mount_point)
+            shutil.rmtree(folder)
+        except OSError as exc:
+            log.warning("could not clear %s, left by a process that died: %s", folder, exc)
 
 
 # ---------------------------------------------------------------- the input, as it streams
