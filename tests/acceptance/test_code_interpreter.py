@@ -78,8 +78,11 @@ def test_variables_persist_between_runs_of_a_thread_and_not_across_threads(
     run_code(client, upstream, "remember a number", "secret = 41", thread_id=thread.id)
     _, call = run_code(client, upstream, "recall the number", "print(secret + 1)", thread_id=thread.id)
     assert logs(call).strip() == "42"
-    _, other = run_code(client, upstream, "recall from elsewhere", "print(secret)")
-    assert "NameError" in logs(other)
+    run_code(client, upstream, "leave a file", "open('/mnt/data/mine.txt', 'w').write('private')",
+             thread_id=thread.id)
+    _, other = run_code(client, upstream, "look from elsewhere",
+                        "import os\nprint(sorted(os.listdir('/mnt/data')))\nprint(secret)")
+    assert "mine.txt" not in logs(other) and "NameError" in logs(other)
 
 
 def test_an_uploaded_csv_is_read_from_mnt_data(client: openai.OpenAI, upstream: FakeUpstream) -> None:
