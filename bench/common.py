@@ -167,14 +167,20 @@ class Server:
 
 
 @contextlib.contextmanager
-def assistd(upstream_url: str, database_url: str = "") -> Iterator[Server]:
-    """`assistd serve` on a fresh data dir (SQLite there, unless `database_url` is given)."""
-    data = scratch_dir("data")
+def assistd(upstream_url: str, database_url: str = "", settings: dict[str, str] | None = None,
+            data_dir: Path | None = None) -> Iterator[Server]:
+    """`assistd serve` on a fresh data dir (SQLite there, unless `database_url` is given).
+
+    `settings` are more ASSISTD_* variables; a `data_dir` given is used and kept (to serve the
+    same data again), else a fresh one is made and removed afterwards.
+    """
+    data = data_dir or scratch_dir("data")
     port = free_port()
     env = {
         **os.environ, "ASSISTD_DATA_DIR": str(data), "ASSISTD_UPSTREAM_BASE_URL": upstream_url,
         "ASSISTD_UPSTREAM_API_KEY": "bench", "ASSISTD_DATABASE_URL": database_url,
         "ASSISTD_SHUTDOWN_GRACE_SECONDS": "2",  # a benchmark that broke off shouldn't wait on live runs
+        **(settings or {}),
     }
     env.pop("ASSISTD_API_KEYS", None)
     log_path = data / "server.log"
@@ -185,7 +191,8 @@ def assistd(upstream_url: str, database_url: str = "") -> Iterator[Server]:
         yield Server(f"http://127.0.0.1:{port}/v1", proc.pid, port, log_path)
     finally:
         stop_process(proc)
-        shutil.rmtree(data, ignore_errors=True)
+        if data_dir is None:
+            shutil.rmtree(data, ignore_errors=True)
 
 
 async def _admin(sql: str) -> None:

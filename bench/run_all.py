@@ -1,6 +1,6 @@
 """Run every benchmark, one after the other, and rewrite bench/RESULTS.md with this run's figures.
 
-`python -m bench.run_all [--skip-postgres]`. Each benchmark has its own time limit; a
+`python -m bench.run_all [--skip-postgres] [--skip-retrieval]`. Each benchmark has its own time limit; a
 benchmark that fails is reported as failed and the rest still run; a benchmark that
 would start after BUDGET seconds is skipped.
 """
@@ -18,10 +18,19 @@ from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
-from bench import cancel_latency, code_interpreter, concurrent_1000, first_delta, get_run_rps, scale_out
+from bench import (
+    cancel_latency,
+    code_interpreter,
+    concurrent_1000,
+    first_delta,
+    get_run_rps,
+    retrieval_quality,
+    retrieval_speed,
+    scale_out,
+)
 from bench.common import ROOT, main, markdown_of, note_foreign_load
 
-BUDGET = 720.0  # seconds; the whole run takes about six minutes
+BUDGET = 1500.0  # seconds; about six minutes, and 15–25 more with the retrieval benchmarks
 RESULTS = ROOT / "bench" / "RESULTS.md"
 
 
@@ -59,8 +68,8 @@ def _machine() -> list[str]:
     ]
 
 
-def _sections(skip_postgres: bool) -> list[tuple[str, Callable[[], str]]]:
-    """The quiet, latency-sensitive ones first; the 1,000 runs last."""
+def _sections(skip_postgres: bool, skip_retrieval: bool = False) -> list[tuple[str, Callable[[], str]]]:
+    """The quiet, latency-sensitive ones first; the 1,000 runs, then the long retrieval ones, last."""
     sections: list[tuple[str, Callable[[], str]]] = [
         ("time to first delta", first_delta.run),
         ("cancel latency (SQLite)", cancel_latency.run),
@@ -75,6 +84,10 @@ def _sections(skip_postgres: bool) -> list[tuple[str, Callable[[], str]]]:
     if not skip_postgres:
         sections.append(("1,000 concurrent streaming runs (PostgreSQL)", lambda: concurrent_1000.run(db="postgresql")))
         sections.append(("scale-out: 1, 2 and 4 workers (PostgreSQL + Redis)", scale_out.run))
+    if not skip_retrieval:
+        backends = ("sqlite",) if skip_postgres else ("sqlite", "postgresql")
+        sections.append(("vector store speed", lambda: retrieval_speed.run(backends)))
+        sections.append(("retrieval quality (SQLite)", retrieval_quality.run))
     return sections
 
 
@@ -88,12 +101,12 @@ def _run_one(name: str, section: Callable[[], str]) -> str:
     return markdown_of(output).strip()
 
 
-def run_all(skip_postgres: bool = False) -> str:
+def run_all(skip_postgres: bool = False, skip_retrieval: bool = False) -> str:
     header = _machine()
     shared = note_foreign_load()
     start = time.monotonic()
     blocks = []
-    for name, section in _sections(skip_postgres):
+    for name, section in _sections(skip_postgres, skip_retrieval):
         if time.monotonic() - start > BUDGET:
             blocks.append(f"### {name}\n\nSkipped: the run had used its {BUDGET:.0f} s budget.")
             continue
@@ -117,5 +130,7 @@ def run_all(skip_postgres: bool = False) -> str:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--skip-postgres", action="store_true", help="skip the PostgreSQL runs")
+    parser.add_argument("--skip-retrieval", action="store_true",
+                        help="skip the vector store benchmarks (retrieval_speed, retrieval_quality)")
     args = parser.parse_args()
-    main(lambda: run_all(args.skip_postgres))
+    main(lambda: run_all(args.skip_postgres, args.skip_retrieval))
