@@ -212,6 +212,7 @@ class Ingester:
         self.files = FileStore(rt.store.db, rt.settings.files_dir)
         self.running: set[asyncio.Task[None]] = set()
         self._loops: list[asyncio.Task[None]] = []
+        self._slot_freed = asyncio.Event()
 
     async def start(self) -> None:
         if not self.rt.shared_database:
@@ -230,12 +231,15 @@ class Ingester:
                 "WHERE claimed_by = :w AND status = 'in_progress'", w=self.holder)
 
     async def _claim_loop(self) -> None:
+        """Claim what there is room for; again as soon as a file is done, else every POLL_SECONDS."""
         while True:
+            self._slot_freed.clear()
             try:
                 await self._claim_available()
             except Exception:
                 log.exception("claiming vector store files failed; retrying")
-            await asyncio.sleep(POLL_SECONDS)
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._slot_freed.wait(), POLL_SECONDS)
 
     async def _claim_available(self) -> None:
         free = CONCURRENCY - len(self.running)
@@ -247,7 +251,11 @@ class Ingester:
             claimed = Claimed(row["vector_store_id"], row["id"], json.loads(row["chunking_strategy"]))
             task = asyncio.create_task(self._ingest(claimed), name=f"ingest-{claimed.file_id}")
             self.running.add(task)
-            task.add_done_callback(self.running.discard)
+            task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self.running.discard(task)
+        self._slot_freed.set()
 
     async def _renew_loop(self) -> None:
         while True:

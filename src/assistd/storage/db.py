@@ -66,6 +66,10 @@ class _SQLiteConn:
         await cursor.close()
         return count
 
+    async def executemany(self, sql: str, rows: list[dict[str, Any]]) -> None:
+        """One statement for many parameter sets (in a transaction: many rows in one go)."""
+        await self.conn.executemany(sql, rows)
+
 
 class _InlineReader:
     """Reads run on the event loop's own thread, through a plain sqlite3 connection.
@@ -190,6 +194,12 @@ class _PGConn:
         status: str = await self.conn.execute(text, *args)
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
+
+    async def executemany(self, sql: str, rows: list[dict[str, Any]]) -> None:
+        """One statement for many parameter sets (in a transaction: many rows in one go)."""
+        if rows:
+            text, _ = _to_dollar(sql, rows[0])
+            await self.conn.executemany(text, [_to_dollar(sql, row)[1] for row in rows])
 
 
 class PostgresDatabase:

@@ -15,6 +15,7 @@ search is then one matrix product. The ranking itself is `execution/retrieval.py
 
 from __future__ import annotations
 
+import math
 import re
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -49,6 +50,10 @@ class VectorSet:
 
 
 _vector_cache: OrderedDict[tuple[int, str, str], VectorSet] = OrderedDict()
+# PostgreSQL's lexical ranking: chunks per word, per store and chunk version ("" = all chunks)
+_df_cache: OrderedDict[tuple[int, str, int], dict[str, int]] = OrderedDict()
+DF_CACHE_STORES = 256
+DF_CACHE_WORDS = 20_000  # per store
 
 
 def _remember(key: tuple[int, str, str], found: VectorSet) -> None:
@@ -344,17 +349,58 @@ class VectorStoreStore:
         return rows
 
     async def _search_postgres(self, vector_store_id: str, terms: list[str], limit: int) -> list[Obj]:
-        query = " or ".join(term for term in terms if term != "or")
+        """BM25-like: each query word's `ts_rank` (normalized by the chunk's length) weighted by
+        its inverse document frequency in the store, summed. Without the weights, common words
+        ("file", "function") count as much as the rare word a question is about."""
+        weights = await self._idf_weights(vector_store_id, terms)
+        if not weights:
+            return []
+        params: Obj = {"vs": vector_store_id, "n": limit, "any": " or ".join(weights)}
+        ranks = []
+        for i, (term, weight) in enumerate(weights.items()):
+            params[f"t{i}"], params[f"w{i}"] = term, weight
+            ranks.append(f":w{i} * ts_rank(c.tsv, plainto_tsquery('english', :t{i}), 1)")
         rows = await self.db.fetchall(
             "SELECT c.seq, c.file_id, c.text, f.attributes, COALESCE(fl.filename, '') AS filename, "
-            "ts_rank_cd(c.tsv, q, 32)::float8 AS score "
-            "FROM websearch_to_tsquery('english', :q) AS q, vector_store_chunks c "
+            f"({' + '.join(ranks)})::float8 AS raw "
+            "FROM vector_store_chunks c "
             "JOIN vector_store_files f ON f.vector_store_id = c.vector_store_id AND f.id = c.file_id "
             "LEFT JOIN files fl ON fl.id = c.file_id "
-            "WHERE c.tsv @@ q AND c.vector_store_id = :vs AND f.status = 'completed' "
-            "ORDER BY score DESC, c.seq LIMIT :n",
-            q=query or "''", vs=vector_store_id, n=limit)
+            "WHERE c.tsv @@ websearch_to_tsquery('english', :any) AND c.vector_store_id = :vs "
+            "AND f.status = 'completed' ORDER BY raw DESC, c.seq LIMIT :n", **params)
+        for row in rows:
+            raw = max(0.0, float(row.pop("raw")))
+            row["score"] = raw / (raw + 1.0)
         return rows
+
+    async def _idf_weights(self, vector_store_id: str, terms: list[str]) -> dict[str, float]:
+        """BM25's idf of each word PostgreSQL indexes (stop words have none), for the store as it
+        is now; counts are kept in memory while the store's chunks are unchanged."""
+        row = await self.db.fetchone("SELECT vectors_version FROM vector_stores WHERE id = :vs", vs=vector_store_id)
+        version = int(row["vectors_version"]) if row else -1
+        key = (id(self.db), vector_store_id, version)
+        counts = _df_cache.setdefault(key, {})
+        _df_cache.move_to_end(key)
+        if len(counts) > DF_CACHE_WORDS:
+            counts.clear()
+        while len(_df_cache) > DF_CACHE_STORES:
+            _df_cache.popitem(last=False)
+        if "" not in counts:
+            total = await self.db.fetchone(
+                "SELECT COUNT(*) AS n FROM vector_store_chunks WHERE vector_store_id = :vs", vs=vector_store_id)
+            counts[""] = int(total["n"]) if total else 0
+        weights: dict[str, float] = {}
+        for term in terms:
+            if term not in counts:
+                found = await self.db.fetchone(
+                    "SELECT numnode(plainto_tsquery('english', :t)) AS nodes, "
+                    "(SELECT COUNT(*) FROM vector_store_chunks WHERE vector_store_id = :vs "
+                    "AND tsv @@ plainto_tsquery('english', :t)) AS df", t=term, vs=vector_store_id)
+                counts[term] = int(found["df"]) if found and int(found["nodes"]) else 0
+            df = counts[term]
+            if df:
+                weights[term] = math.log(1.0 + (counts[""] - df + 0.5) / (df + 0.5))
+        return weights
 
     # ------------------------------------------------------------ ingestion
 
@@ -393,12 +439,12 @@ class VectorStoreStore:
             if not count:
                 return False
             await self._delete_chunks(tx, vector_store_id, file_id)
-            for position, text in enumerate(chunks):
-                vector = None if vectors is None else vectors[position].astype("<f4").tobytes()
-                await tx.execute(
-                    "INSERT INTO vector_store_chunks (vector_store_id, file_id, position, text, embedding, "
-                    "embedding_model) VALUES (:vs, :f, :p, :t, :e, :m)", vs=vector_store_id, f=file_id,
-                    p=position, t=text, e=vector, m=model if vector is not None else None)
+            rows = [{"vs": vector_store_id, "f": file_id, "p": position, "t": text,
+                     "e": None if vectors is None else vectors[position].astype("<f4").tobytes(),
+                     "m": None if vectors is None else model} for position, text in enumerate(chunks)]
+            await tx.executemany(
+                "INSERT INTO vector_store_chunks (vector_store_id, file_id, position, text, embedding, "
+                "embedding_model) VALUES (:vs, :f, :p, :t, :e, :m)", rows)
             if self.db.dialect == "sqlite":
                 await tx.execute("INSERT INTO vector_store_chunks_fts (rowid, text) SELECT seq, text "
                                  "FROM vector_store_chunks WHERE vector_store_id = :vs AND file_id = :f",
