@@ -46,6 +46,7 @@ class Settings:
     embeddings_model: str = ""
     embeddings_batch_size: int = 64
     retrieval: str = "lexical"
+    pgvector: bool = True
     code_interpreter: bool = True
     code_max_sessions: int = 8
     code_idle_seconds: float = 3600.0
@@ -98,6 +99,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         embeddings_model=(env.get("ASSISTD_EMBEDDINGS_MODEL") or "").strip(),
         embeddings_batch_size=max(1, int(_float(env, "ASSISTD_EMBEDDINGS_BATCH_SIZE", 64))),
         retrieval=_retrieval(env),
+        pgvector=(env.get("ASSISTD_PGVECTOR") or "auto").strip().lower() not in ("off", "0", "false"),
         code_interpreter=(env.get("ASSISTD_CODE_INTERPRETER") or "auto").strip().lower() not in ("off", "0", "false"),
         code_max_sessions=max(1, int(_float(env, "ASSISTD_CODE_MAX_SESSIONS", 8))),
         code_idle_seconds=_float(env, "ASSISTD_CODE_IDLE_SECONDS", 3600.0),

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import openai
+import pytest
 
 from tests.acceptance.test_vector_stores import found_ids, upload, wait_ingested
 from tests.support.fake_upstream import FakeUpstream
-from tests.support.server import AssistdServer
+from tests.support.server import AssistdServer, pgvector_available
 
 CAR = b"The car needs new winter tires before the first snow.\n"
 CAT = b"The cat sleeps all afternoon on the warm windowsill.\n"
@@ -46,9 +47,12 @@ def test_hybrid_search_finds_a_synonym_that_lexical_search_misses(
     assert upstream.embedding_batches and max(upstream.embedding_batches) <= 2
 
 
+@pytest.mark.parametrize("pgvector", ["auto", "off"])
 def test_dense_mode_ranks_by_meaning_and_honours_the_score_threshold(
-        make_server: Callable[..., AssistdServer]) -> None:
-    srv = make_server(env={**EMBEDDINGS, "ASSISTD_RETRIEVAL": "dense"})
+        make_server: Callable[..., AssistdServer], backend: str, pgvector: str) -> None:
+    if backend == "sqlite" and pgvector == "off":
+        pytest.skip("ASSISTD_PGVECTOR is a PostgreSQL setting")
+    srv = make_server(env={**EMBEDDINGS, "ASSISTD_RETRIEVAL": "dense", "ASSISTD_PGVECTOR": pgvector})
     with srv.client() as client:
         store_id, ids = store_of(client, {"car.txt": CAR, "cat.txt": CAT})
         results = list(client.vector_stores.search(store_id, query="a feline on the windowsill"))
@@ -56,6 +60,9 @@ def test_dense_mode_ranks_by_meaning_and_honours_the_score_threshold(
         top = results[0].score
         assert found_ids(client, store_id, "a feline on the windowsill",
                          ranking_options={"score_threshold": min(1.0, top + 0.01)}) == []
+    uses_pgvector = "dense search by pgvector" in srv.log_tail(200)
+    expected = backend == "postgresql" and pgvector == "auto" and pgvector_available()
+    assert uses_pgvector == expected
 
 
 def test_a_file_whose_embeddings_fail_ends_failed_and_the_others_stay_searchable(

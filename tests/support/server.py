@@ -70,6 +70,23 @@ async def _admin(sql: str) -> None:
         await conn.close()
 
 
+def pgvector_available() -> bool:
+    """Whether the PostgreSQL server has the pgvector extension to offer."""
+    found: list[bool] = []
+
+    async def ask() -> None:
+        import asyncpg
+
+        conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=10)
+        try:
+            found.append(bool(await conn.fetchval("SELECT count(*) FROM pg_available_extensions WHERE name = 'vector'")))
+        finally:
+            await conn.close()
+
+    _run_sync(ask())
+    return found[0]
+
+
 def fresh_postgres_url() -> str:
     """Create an empty database `assistd_t_<hex>` and return its URL."""
     name = "assistd_t_" + secrets.token_hex(6)

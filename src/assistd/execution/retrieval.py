@@ -30,17 +30,6 @@ MODES = ("hybrid", "lexical", "dense")
 log = logging.getLogger("assistd.retrieval")
 
 
-def dense_top(matrix: np.ndarray, queries: np.ndarray, limit: int) -> list[tuple[int, float]]:
-    """(row, similarity) of the `limit` rows most similar to any of the queries, best first."""
-    if matrix.size == 0 or queries.size == 0 or matrix.shape[1] != queries.shape[1]:
-        return []
-    similarity = (matrix @ queries.T).max(axis=1)
-    limit = min(limit, len(similarity))
-    top = np.argpartition(-similarity, limit - 1)[:limit]
-    order = top[np.argsort(-similarity[top], kind="stable")]
-    return [(int(row), float(similarity[row])) for row in order]
-
-
 def fuse(lists: list[list[int]]) -> list[tuple[int, float]]:
     """Reciprocal rank fusion of ranked lists of ids: (id, score in 0–1), best first."""
     scores: dict[int, float] = {}
@@ -82,9 +71,7 @@ class Retriever:
     async def _dense_hits(self, stores: VectorStoreStore, vector_store_id: str, query_vectors: np.ndarray,
                           limit: int) -> list[tuple[int, float]]:
         assert self.embedder is not None
-        found = await stores.vectors(vector_store_id, self.embedder.model)
-        return [(int(found.seqs[row]), similarity)
-                for row, similarity in dense_top(found.matrix, query_vectors, limit)]
+        return await stores.nearest(vector_store_id, self.embedder.model, query_vectors, limit)
 
     async def _dense(self, stores: VectorStoreStore, vector_store_id: str, query_vectors: np.ndarray,
                      limit: int) -> list[Obj]:

@@ -16,6 +16,7 @@ from assistd.execution.embeddings import LocalEmbedder, UpstreamEmbedder, local_
 from assistd.execution.retrieval import Retriever
 from assistd.execution.signals import LocalSignals, PostgresSignals, Signals
 from assistd.execution.upstream import Upstream
+from assistd.storage import pgvector
 from assistd.storage.db import open_database
 from assistd.storage.migrate import migrate
 from assistd.storage.store import Store
@@ -62,6 +63,8 @@ async def open_runtime(settings: Settings) -> Runtime:
         applied = await migrate(db)
         if applied:
             log.info("applied migrations %s", applied)
+        if settings.pgvector and settings.embeddings_model and await pgvector.enable(db):
+            log.info("dense search by pgvector")
         signals: Signals = PostgresSignals(url, db) if db.dialect == "postgresql" else LocalSignals()
         broker = _broker(settings)
         await broker.start()

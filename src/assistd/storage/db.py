@@ -94,6 +94,7 @@ class _InlineReader:
 
 class SQLiteDatabase:
     dialect = "sqlite"
+    pgvector = False
 
     def __init__(self, path: Path) -> None:
         self.path = path
@@ -204,6 +205,7 @@ class _PGConn:
 
 class PostgresDatabase:
     dialect = "postgresql"
+    pgvector = False  # the `vector` extension is there and chunks have an `embedding_vec` column
 
     def __init__(self, url: str, min_size: int = 2, max_size: int = 20) -> None:
         self.url = url

@@ -26,6 +26,7 @@ import numpy as np
 from assistd.domain import objects as o
 from assistd.domain.errors import ApiError, invalid, not_found
 from assistd.domain.ids import new_id, now
+from assistd.storage import pgvector
 from assistd.storage.db import Database, Executor, expand_in
 from assistd.storage.pages import PageParams, fetch_page, list_object
 
@@ -61,6 +62,17 @@ def _remember(key: tuple[int, str, str], found: VectorSet) -> None:
     _vector_cache.move_to_end(key)
     while sum(v.matrix.nbytes for v in _vector_cache.values()) > VECTOR_CACHE_BYTES and len(_vector_cache) > 1:
         _vector_cache.popitem(last=False)
+
+
+def top_similar(matrix: np.ndarray, queries: np.ndarray, limit: int) -> list[tuple[int, float]]:
+    """(row, similarity) of the `limit` rows most similar to any of the queries, best first."""
+    if matrix.size == 0 or queries.size == 0 or matrix.shape[1] != queries.shape[1]:
+        return []
+    similarity = (matrix @ queries.T).max(axis=1)
+    limit = min(limit, len(similarity))
+    top = np.argpartition(-similarity, limit - 1)[:limit]
+    order = top[np.argsort(-similarity[top], kind="stable")]
+    return [(int(row), float(similarity[row])) for row in order]
 
 
 def expired_error(vector_store_id: str) -> ApiError:
@@ -318,6 +330,30 @@ class VectorStoreStore:
         _remember(key, found)
         return found
 
+    async def nearest(self, vector_store_id: str, model: str, queries: np.ndarray,
+                      limit: int) -> list[tuple[int, float]]:
+        """(chunk seq, cosine similarity) of the `limit` chunks most similar to any query, best first."""
+        if getattr(self.db, "pgvector", False):
+            return await self._nearest_pgvector(vector_store_id, model, queries, limit)
+        found = await self.vectors(vector_store_id, model)
+        return [(int(found.seqs[row]), similarity) for row, similarity in top_similar(found.matrix, queries, limit)]
+
+    async def _nearest_pgvector(self, vector_store_id: str, model: str, queries: np.ndarray,
+                                limit: int) -> list[tuple[int, float]]:
+        best: dict[int, float] = {}
+        for query in queries:
+            rows = await self.db.fetchall(
+                "SELECT seq, 1 - (embedding_vec <=> CAST(CAST(:q AS TEXT) AS vector)) AS similarity "
+                "FROM vector_store_chunks WHERE vector_store_id = :vs AND embedding_model = :m "
+                "AND embedding_vec IS NOT NULL AND vector_dims(embedding_vec) = :d "
+                "ORDER BY embedding_vec <=> CAST(CAST(:q AS TEXT) AS vector), seq LIMIT :n",
+                q=pgvector.literal([float(x) for x in query]), vs=vector_store_id, m=model,
+                d=int(queries.shape[1]), n=limit)
+            for row in rows:
+                seq, similarity = int(row["seq"]), float(row["similarity"])
+                best[seq] = max(similarity, best.get(seq, -1.0))
+        return sorted(best.items(), key=lambda pair: (-pair[1], pair[0]))[:limit]
+
     async def chunks(self, seqs: list[int]) -> list[Obj]:
         """Search rows (file, text, attributes, file name) of the given chunks, in the given order."""
         if not seqs:
@@ -442,9 +478,14 @@ class VectorStoreStore:
             rows = [{"vs": vector_store_id, "f": file_id, "p": position, "t": text,
                      "e": None if vectors is None else vectors[position].astype("<f4").tobytes(),
                      "m": None if vectors is None else model} for position, text in enumerate(chunks)]
+            columns, values = "", ""
+            if getattr(self.db, "pgvector", False):
+                columns, values = ", embedding_vec", ", CAST(CAST(:v AS TEXT) AS vector)"
+                for row, vector in zip(rows, vectors if vectors is not None else [None] * len(rows)):
+                    row["v"] = None if vector is None else pgvector.literal([float(x) for x in vector])
             await tx.executemany(
                 "INSERT INTO vector_store_chunks (vector_store_id, file_id, position, text, embedding, "
-                "embedding_model) VALUES (:vs, :f, :p, :t, :e, :m)", rows)
+                f"embedding_model{columns}) VALUES (:vs, :f, :p, :t, :e, :m{values})", rows)
             if self.db.dialect == "sqlite":
                 await tx.execute("INSERT INTO vector_store_chunks_fts (rowid, text) SELECT seq, text "
                                  "FROM vector_store_chunks WHERE vector_store_id = :vs AND file_id = :f",
