@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -51,10 +52,20 @@ class VectorSet:
 
 
 _vector_cache: OrderedDict[tuple[int, str, str], VectorSet] = OrderedDict()
-# PostgreSQL's lexical ranking: chunks per word, per store and chunk version ("" = all chunks)
-_df_cache: OrderedDict[tuple[int, str, int], dict[str, int]] = OrderedDict()
-DF_CACHE_STORES = 256
-DF_CACHE_WORDS = 20_000  # per store
+# PostgreSQL's lexical ranking: per store, its chunk count, chunks per lexeme, and when taken
+_word_stats: OrderedDict[tuple[int, str], tuple[int, dict[str, int], float]] = OrderedDict()
+_word_stats_version: dict[tuple[int, str], int] = {}
+WORD_STATS_STORES = 64
+WORD_STATS_SECONDS = 30.0
+
+
+def known_at(key: tuple[int, str]) -> float:
+    return _word_stats[key][2]
+
+
+def _tsquery_term(lexeme: str) -> str:
+    """A lexeme as a tsquery operand, quoted (so nothing in it is read as an operator)."""
+    return "'" + lexeme.replace("\\", "\\\\").replace("'", "''") + "'"
 
 
 def _remember(key: tuple[int, str, str], found: VectorSet) -> None:
@@ -343,10 +354,10 @@ class VectorStoreStore:
         best: dict[int, float] = {}
         for query in queries:
             rows = await self.db.fetchall(
-                "SELECT seq, 1 - (embedding_vec <=> CAST(CAST(:q AS TEXT) AS vector)) AS similarity "
-                "FROM vector_store_chunks WHERE vector_store_id = :vs AND embedding_model = :m "
-                "AND embedding_vec IS NOT NULL AND vector_dims(embedding_vec) = :d "
-                "ORDER BY embedding_vec <=> CAST(CAST(:q AS TEXT) AS vector), seq LIMIT :n",
+                "SELECT seq, 1 - distance AS similarity FROM (SELECT seq, embedding <=> "
+                "(SELECT CAST(CAST(:q AS TEXT) AS vector)) AS distance FROM vector_store_chunk_vectors "
+                "WHERE vector_store_id = :vs AND model = :m AND vector_dims(embedding) = :d) AS scored "
+                "ORDER BY distance, seq LIMIT :n",
                 q=pgvector.literal([float(x) for x in query]), vs=vector_store_id, m=model,
                 d=int(queries.shape[1]), n=limit)
             for row in rows:
@@ -387,56 +398,68 @@ class VectorStoreStore:
     async def _search_postgres(self, vector_store_id: str, terms: list[str], limit: int) -> list[Obj]:
         """BM25-like: each query word's `ts_rank` (normalized by the chunk's length) weighted by
         its inverse document frequency in the store, summed. Without the weights, common words
-        ("file", "function") count as much as the rare word a question is about."""
+        ("file", "function") count as much as the rare word a question is about. Words in more
+        than a quarter of the chunks still weigh in, but don't make a chunk a candidate."""
         weights = await self._idf_weights(vector_store_id, terms)
         if not weights:
             return []
-        params: Obj = {"vs": vector_store_id, "n": limit, "any": " or ".join(weights)}
+        total, _, _ = _word_stats[(id(self.db), vector_store_id)]
+        rare = [lexeme for lexeme, (_, df) in weights.items() if df <= total // 4] or list(weights)
+        params: Obj = {"vs": vector_store_id, "n": limit, "any": " | ".join(_tsquery_term(x) for x in rare)}
         ranks = []
-        for i, (term, weight) in enumerate(weights.items()):
-            params[f"t{i}"], params[f"w{i}"] = term, weight
-            ranks.append(f":w{i} * ts_rank(c.tsv, plainto_tsquery('english', :t{i}), 1)")
+        for i, (lexeme, (weight, _)) in enumerate(weights.items()):
+            params[f"t{i}"], params[f"w{i}"] = _tsquery_term(lexeme), weight
+            ranks.append(f":w{i} * ts_rank(c.tsv, CAST(:t{i} AS tsquery), 1)")
         rows = await self.db.fetchall(
             "SELECT c.seq, c.file_id, c.text, f.attributes, COALESCE(fl.filename, '') AS filename, "
             f"({' + '.join(ranks)})::float8 AS raw "
             "FROM vector_store_chunks c "
             "JOIN vector_store_files f ON f.vector_store_id = c.vector_store_id AND f.id = c.file_id "
             "LEFT JOIN files fl ON fl.id = c.file_id "
-            "WHERE c.tsv @@ websearch_to_tsquery('english', :any) AND c.vector_store_id = :vs "
+            "WHERE c.tsv @@ CAST(:any AS tsquery) AND c.vector_store_id = :vs "
             "AND f.status = 'completed' ORDER BY raw DESC, c.seq LIMIT :n", **params)
         for row in rows:
             raw = max(0.0, float(row.pop("raw")))
             row["score"] = raw / (raw + 1.0)
         return rows
 
-    async def _idf_weights(self, vector_store_id: str, terms: list[str]) -> dict[str, float]:
-        """BM25's idf of each word PostgreSQL indexes (stop words have none), for the store as it
-        is now; counts are kept in memory while the store's chunks are unchanged."""
+    async def _idf_weights(self, vector_store_id: str, terms: list[str]) -> dict[str, tuple[float, int]]:
+        """(BM25 idf, chunk count) of each lexeme of the query words that the store has."""
+        total, counts, fresh = await self._store_words(vector_store_id)
+        rows = await self.db.fetchall("SELECT lexeme FROM unnest(to_tsvector('english', :q))", q=" ".join(terms))
+        weights: dict[str, tuple[float, int]] = {}
+        for row in rows:
+            # a word the (slightly old) counts don't know may be in chunks added since: take it as rare
+            df = counts.get(row["lexeme"], 0 if fresh else 1)
+            if df:
+                weights[row["lexeme"]] = (math.log(1.0 + (total - df + 0.5) / (df + 0.5)), df)
+        return weights
+
+    async def _store_words(self, vector_store_id: str) -> tuple[int, dict[str, int], bool]:
+        """How many chunks the store has, and in how many each lexeme is (ts_stat, one pass).
+        Kept in memory; taken again once the store's chunks changed, at most every
+        WORD_STATS_SECONDS (idf moves little while files are being added)."""
+        key = (id(self.db), vector_store_id)
         row = await self.db.fetchone("SELECT vectors_version FROM vector_stores WHERE id = :vs", vs=vector_store_id)
         version = int(row["vectors_version"]) if row else -1
-        key = (id(self.db), vector_store_id, version)
-        counts = _df_cache.setdefault(key, {})
-        _df_cache.move_to_end(key)
-        if len(counts) > DF_CACHE_WORDS:
-            counts.clear()
-        while len(_df_cache) > DF_CACHE_STORES:
-            _df_cache.popitem(last=False)
-        if "" not in counts:
-            total = await self.db.fetchone(
-                "SELECT COUNT(*) AS n FROM vector_store_chunks WHERE vector_store_id = :vs", vs=vector_store_id)
-            counts[""] = int(total["n"]) if total else 0
-        weights: dict[str, float] = {}
-        for term in terms:
-            if term not in counts:
-                found = await self.db.fetchone(
-                    "SELECT numnode(plainto_tsquery('english', :t)) AS nodes, "
-                    "(SELECT COUNT(*) FROM vector_store_chunks WHERE vector_store_id = :vs "
-                    "AND tsv @@ plainto_tsquery('english', :t)) AS df", t=term, vs=vector_store_id)
-                counts[term] = int(found["df"]) if found and int(found["nodes"]) else 0
-            df = counts[term]
-            if df:
-                weights[term] = math.log(1.0 + (counts[""] - df + 0.5) / (df + 0.5))
-        return weights
+        known = _word_stats_version.get(key)
+        if key in _word_stats and (known == version or time.monotonic() - known_at(key) < WORD_STATS_SECONDS):
+            _word_stats.move_to_end(key)
+            total, counts, _ = _word_stats[key]
+            return total, counts, known == version
+        stats = await self.db.fetchall(
+            "SELECT word, ndoc FROM ts_stat(format('SELECT tsv FROM vector_store_chunks WHERE vector_store_id = %L', "
+            "CAST(:vs AS TEXT)))", vs=vector_store_id)
+        size = await self.db.fetchone(
+            "SELECT COUNT(*) AS n FROM vector_store_chunks WHERE vector_store_id = :vs", vs=vector_store_id)
+        total, counts = int(size["n"]) if size else 0, {r["word"]: int(r["ndoc"]) for r in stats}
+        _word_stats[key] = (total, counts, time.monotonic())
+        _word_stats_version[key] = version
+        _word_stats.move_to_end(key)
+        while len(_word_stats) > WORD_STATS_STORES:
+            old, _ = _word_stats.popitem(last=False)
+            _word_stats_version.pop(old, None)
+        return total, counts, True
 
     # ------------------------------------------------------------ ingestion
 
@@ -478,14 +501,16 @@ class VectorStoreStore:
             rows = [{"vs": vector_store_id, "f": file_id, "p": position, "t": text,
                      "e": None if vectors is None else vectors[position].astype("<f4").tobytes(),
                      "m": None if vectors is None else model} for position, text in enumerate(chunks)]
-            columns, values = "", ""
-            if getattr(self.db, "pgvector", False):
-                columns, values = ", embedding_vec", ", CAST(CAST(:v AS TEXT) AS vector)"
-                for row, vector in zip(rows, vectors if vectors is not None else [None] * len(rows)):
-                    row["v"] = None if vector is None else pgvector.literal([float(x) for x in vector])
             await tx.executemany(
                 "INSERT INTO vector_store_chunks (vector_store_id, file_id, position, text, embedding, "
-                f"embedding_model{columns}) VALUES (:vs, :f, :p, :t, :e, :m{values})", rows)
+                "embedding_model) VALUES (:vs, :f, :p, :t, :e, :m)", rows)
+            if vectors is not None and getattr(self.db, "pgvector", False):
+                await tx.executemany(
+                    "INSERT INTO vector_store_chunk_vectors (seq, vector_store_id, model, embedding) "
+                    "SELECT seq, vector_store_id, :m, CAST(CAST(:v AS TEXT) AS vector) FROM vector_store_chunks "
+                    "WHERE vector_store_id = :vs AND file_id = :f AND position = :p",
+                    [{"vs": vector_store_id, "f": file_id, "p": position, "m": model,
+                      "v": pgvector.literal([float(x) for x in vectors[position]])} for position in range(len(chunks))])
             if self.db.dialect == "sqlite":
                 await tx.execute("INSERT INTO vector_store_chunks_fts (rowid, text) SELECT seq, text "
                                  "FROM vector_store_chunks WHERE vector_store_id = :vs AND file_id = :f",
