@@ -158,9 +158,12 @@ def _decoded_prefix(raw: str) -> str:
             continue
         i += 1
     try:
-        return str(json.loads('"' + body[:end] + '"'))
-    except json.JSONDecodeError:  # a lone surrogate half: wait for the rest
+        decoded = str(json.loads('"' + body[:end] + '"'))
+    except json.JSONDecodeError:
         return ""
+    if decoded and "\ud800" <= decoded[-1] <= "\udbff":  # half of a \uXXXX\uXXXX pair: wait for the rest
+        decoded = decoded[:-1]
+    return decoded
 
 
 def code_of(arguments: str) -> str:
