@@ -300,15 +300,42 @@ def file_counts(by_status: dict[str, int]) -> Obj:
     return {**counts, "total": sum(counts.values())}
 
 
+def tool_calls_of(steps: list[Obj], call_type: str) -> list[Obj]:
+    """The run's tool calls of one type (`file_search`, `code_interpreter`…), in step order."""
+    return [c for s in steps if s["step_details"]["type"] == "tool_calls"
+            for c in s["step_details"]["tool_calls"] if c["type"] == call_type]
+
+
+def attached_file_ids(messages: list[Obj], tool: str) -> list[str]:
+    """The files the messages attach for `tool`, each once, in order."""
+    found: dict[str, None] = {}
+    for message in messages:
+        for attachment in message.get("attachments") or []:
+            if any(t.get("type") == tool for t in attachment.get("tools") or []):
+                found.setdefault(attachment["file_id"], None)
+    return list(found)
+
+
+def store_expires_at(row: Obj) -> int | None:
+    """When a vector store row expires under its `expires_after` policy (None: never)."""
+    expires_after = loads_or_none(row["expires_after"])
+    if expires_after is None:
+        return None
+    return int(row["last_active_at"]) + int(expires_after["days"]) * DAY_SECONDS
+
+
+def store_expired(row: Obj) -> bool:
+    expires_at = store_expires_at(row)
+    return expires_at is not None and expires_at <= now()
+
+
 def vector_store_object(row: Obj, by_status: dict[str, int], usage_bytes: int) -> Obj:
     """`status` and `expires_at` follow from the files' states and the expiration policy."""
     expires_after = loads_or_none(row["expires_after"])
-    expires_at = None
-    if expires_after is not None:
-        expires_at = int(row["last_active_at"]) + int(expires_after["days"]) * DAY_SECONDS
+    expires_at = store_expires_at(row)
     counts = file_counts(by_status)
     status = "in_progress" if counts["in_progress"] else "completed"
-    if expires_at is not None and expires_at <= now():
+    if store_expired(row):
         status = "expired"
     obj: Obj = {
         "id": row["id"],

@@ -11,7 +11,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from assistd.domain.errors import invalid
+from assistd.domain import objects as o
+from assistd.domain.errors import ApiError, invalid
 from assistd.storage.store import Store
 from assistd.storage.vector_stores import VectorStoreStore
 
@@ -25,12 +26,21 @@ def _file_search(tool_resources: Obj | None) -> Obj:
 
 def search_file_ids(messages: list[Obj]) -> list[str]:
     """The files that messages attach for the file_search tool, each once, in order."""
-    found: dict[str, None] = {}
-    for message in messages:
-        for attachment in message.get("attachments") or []:
-            if any(tool.get("type") == "file_search" for tool in attachment.get("tools") or []):
-                found.setdefault(attachment["file_id"], None)
-    return list(found)
+    return o.attached_file_ids(messages, "file_search")
+
+
+async def tool_resource_ids(store: Store, run: Obj, tool: str, field: str) -> list[str]:
+    """`tool_resources.<tool>.<field>` of the run's assistant and thread (union, in order); an
+    assistant or thread deleted since the run was created brings none."""
+    ids: dict[str, None] = {}
+    for load, object_id in ((store.get_assistant, run["assistant_id"]), (store.get_thread, run["thread_id"])):
+        try:
+            owner = await load(object_id)
+        except ApiError:
+            continue
+        for value in ((owner.get("tool_resources") or {}).get(tool) or {}).get(field) or []:
+            ids.setdefault(value, None)
+    return list(ids)
 
 
 async def _new_store(store: Store, file_ids: list[str], helper: Obj | None = None) -> str:

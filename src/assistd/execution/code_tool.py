@@ -23,6 +23,7 @@ from typing import Any
 from assistd.config import Settings
 from assistd.domain import objects as o
 from assistd.domain.errors import ApiError
+from assistd.execution.attachments import tool_resource_ids
 from assistd.storage.files import FileStore
 from assistd.storage.store import Store
 
@@ -60,8 +61,7 @@ def tool(run: Obj) -> Obj | None:
 
 
 def rounds(steps: list[Obj]) -> int:
-    return sum(1 for s in steps if s["step_details"]["type"] == "tool_calls"
-               for c in s["step_details"]["tool_calls"] if c["type"] == NAME)
+    return len(o.tool_calls_of(steps, NAME))
 
 
 def open_pool(settings: Settings) -> Any:
@@ -183,19 +183,9 @@ def code_of(arguments: str) -> str:
 async def input_file_ids(store: Store, run: Obj) -> list[str]:
     """Files for /mnt/data: the assistant's and thread's resources, and this thread's messages'
     code_interpreter attachments (each once, in that order)."""
-    ids: dict[str, None] = {}
-    for load, object_id in ((store.get_assistant, run["assistant_id"]), (store.get_thread, run["thread_id"])):
-        try:
-            owner = await load(object_id)
-        except ApiError:
-            continue
-        for file_id in ((owner.get("tool_resources") or {}).get(NAME) or {}).get("file_ids") or []:
-            ids.setdefault(file_id, None)
-    for message in await store.thread_messages(run["thread_id"]):
-        for attachment in message.get("attachments") or []:
-            if any(t.get("type") == NAME for t in attachment.get("tools") or []):
-                ids.setdefault(attachment["file_id"], None)
-    return list(ids)
+    resources = await tool_resource_ids(store, run, NAME, "file_ids")
+    attached = o.attached_file_ids(await store.thread_messages(run["thread_id"]), NAME)
+    return list(dict.fromkeys([*resources, *attached]))
 
 
 async def input_files(files: FileStore, file_ids: list[str]) -> list[tuple[str, Path]]:
@@ -250,15 +240,10 @@ def chat_call(call: Obj) -> Obj:
 # ---------------------------------------------------------------- the answer
 
 
-def _calls(steps: list[Obj]) -> list[Obj]:
-    return [c for s in steps if s["step_details"]["type"] == "tool_calls"
-            for c in s["step_details"]["tool_calls"] if c["type"] == NAME]
-
-
 def file_paths(text: str, steps: list[Obj]) -> list[Obj]:
     """A `file_path` annotation for each sandbox:/mnt/data/<name> that the run's code wrote."""
     written: dict[str, str] = {}
-    for call in _calls(steps):
+    for call in o.tool_calls_of(steps, NAME):
         for output in call[NAME]["outputs"]:
             if output["type"] == "logs":
                 written.update(WRITTEN.findall(output["logs"]))
@@ -279,7 +264,7 @@ def image_parts(steps: list[Obj]) -> list[Obj]:
         if step["step_details"]["type"] == "message_creation":
             since = steps[position + 1:]
     return [{"type": "image_file", "image_file": {"file_id": out["image"]["file_id"]}}
-            for call in _calls(since) for out in call[NAME]["outputs"] if out["type"] == "image"]
+            for call in o.tool_calls_of(since, NAME) for out in call[NAME]["outputs"] if out["type"] == "image"]
 
 
 def file_row(file_id: str, name: str, size: int) -> Obj:

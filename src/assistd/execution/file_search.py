@@ -14,11 +14,12 @@ import re
 import time
 from typing import Any
 
+from assistd.domain import objects as o
 from assistd.domain.errors import ApiError
+from assistd.execution.attachments import tool_resource_ids
 from assistd.execution.retrieval import Retriever
 from assistd.storage.db import expand_in
 from assistd.storage.store import Store
-from assistd.storage.vector_stores import VectorStoreStore
 
 Obj = dict[str, Any]
 
@@ -51,22 +52,12 @@ def tool(run: Obj) -> Obj | None:
 
 def rounds(steps: list[Obj]) -> int:
     """How many file_search calls the run has made so far."""
-    return sum(1 for s in steps if s["step_details"]["type"] == "tool_calls"
-               for c in s["step_details"]["tool_calls"] if c["type"] == NAME)
+    return len(o.tool_calls_of(steps, NAME))
 
 
 async def vector_store_ids(store: Store, run: Obj) -> list[str]:
     """The vector stores of the assistant's and the thread's tool resources (union, in order)."""
-    ids: dict[str, None] = {}
-    for load, object_id in ((store.get_assistant, run["assistant_id"]), (store.get_thread, run["thread_id"])):
-        try:
-            owner = await load(object_id)
-        except ApiError:  # deleted since the run was created: it brings no stores
-            continue
-        resources = (owner.get("tool_resources") or {}).get(NAME) or {}
-        for vs_id in resources.get("vector_store_ids") or []:
-            ids.setdefault(vs_id, None)
-    return list(ids)
+    return await tool_resource_ids(store, run, NAME, "vector_store_ids")
 
 
 class ExpiredStore(Exception):
@@ -82,13 +73,14 @@ class ExpiredStore(Exception):
 
 async def check_live(store: Store, store_ids: list[str]) -> None:
     """Raise ExpiredStore for the first of the stores that has expired (deleted ones are skipped)."""
-    stores = VectorStoreStore(store.db)
+    if not store_ids:
+        return
+    params: Obj = {}
+    sql = expand_in("SELECT id, expires_after, last_active_at FROM vector_stores WHERE id IN (:ids)",
+                    "ids", store_ids, params)
+    expired = {row["id"] for row in await store.db.fetchall(sql, **params) if o.store_expired(row)}
     for vs_id in store_ids:
-        try:
-            found = await stores.get(vs_id)
-        except ApiError:
-            continue
-        if found["status"] == "expired":
+        if vs_id in expired:
             raise ExpiredStore(vs_id)
 
 
@@ -178,8 +170,7 @@ def citations(text: str, steps: list[Obj]) -> list[Obj]:
 
     The file name decides (the latest search first); failing that, result n of the latest search.
     """
-    searches = [c[NAME]["results"] for s in steps if s["step_details"]["type"] == "tool_calls"
-                for c in s["step_details"]["tool_calls"] if c["type"] == NAME]
+    searches = [c[NAME]["results"] for c in o.tool_calls_of(steps, NAME)]
     if not searches:
         return []
     found: list[Obj] = []

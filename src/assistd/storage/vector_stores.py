@@ -53,14 +53,19 @@ class VectorSet:
 
 _vector_cache: OrderedDict[tuple[int, str, str], VectorSet] = OrderedDict()
 # PostgreSQL's lexical ranking: per store, its chunk count, chunks per lexeme, and when taken
-_word_stats: OrderedDict[tuple[int, str], tuple[int, dict[str, int], float]] = OrderedDict()
-_word_stats_version: dict[tuple[int, str], int] = {}
+@dataclass(frozen=True)
+class WordStats:
+    """A store's chunk count and chunks per lexeme, as of `version` (taken at `taken_at`)."""
+
+    version: int
+    total: int
+    counts: dict[str, int]
+    taken_at: float
+
+
+_word_stats: OrderedDict[tuple[int, str], WordStats] = OrderedDict()
 WORD_STATS_STORES = 64
 WORD_STATS_SECONDS = 30.0
-
-
-def known_at(key: tuple[int, str]) -> float:
-    return _word_stats[key][2]
 
 
 def _tsquery_term(lexeme: str) -> str:
@@ -292,20 +297,18 @@ class VectorStoreStore:
         await self.touch(vector_store_id)
 
     async def live(self, vector_store_id: str) -> Obj:
-        """The store, unless it has expired (then 400: it can't be used any more)."""
-        store = await self.get(vector_store_id)
-        if store["status"] == "expired":
+        """The store's row, unless it has expired (then 400: it can't be used any more)."""
+        row = await self._row(vector_store_id)
+        if o.store_expired(row):
             raise expired_error(vector_store_id)
-        return store
+        return row
 
     async def purge_expired(self) -> list[str]:
         """Delete the chunks of stores that have expired; returns those stores' ids."""
         rows = await self.db.fetchall(
             "SELECT s.id, s.expires_after, s.last_active_at FROM vector_stores s WHERE s.expires_after IS NOT NULL "
             "AND EXISTS (SELECT 1 FROM vector_store_chunks c WHERE c.vector_store_id = s.id)")
-        expired = [r["id"] for r in rows
-                   if int(r["last_active_at"]) + int(o.loads_or_none(r["expires_after"])["days"]) * o.DAY_SECONDS
-                   <= now()]
+        expired = [r["id"] for r in rows if o.store_expired(r)]
         for vector_store_id in expired:
             async with self.db.transaction() as tx:
                 await self._delete_chunks(tx, vector_store_id, None)
@@ -400,10 +403,9 @@ class VectorStoreStore:
         its inverse document frequency in the store, summed. Without the weights, common words
         ("file", "function") count as much as the rare word a question is about. Words in more
         than a quarter of the chunks still weigh in, but don't make a chunk a candidate."""
-        weights = await self._idf_weights(vector_store_id, terms)
+        total, weights = await self._idf_weights(vector_store_id, terms)
         if not weights:
             return []
-        total, _, _ = _word_stats[(id(self.db), vector_store_id)]
         rare = [lexeme for lexeme, (_, df) in weights.items() if df <= total // 4] or list(weights)
         params: Obj = {"vs": vector_store_id, "n": limit, "any": " | ".join(_tsquery_term(x) for x in rare)}
         ranks = []
@@ -423,9 +425,11 @@ class VectorStoreStore:
             row["score"] = raw / (raw + 1.0)
         return rows
 
-    async def _idf_weights(self, vector_store_id: str, terms: list[str]) -> dict[str, tuple[float, int]]:
-        """(BM25 idf, chunk count) of each lexeme of the query words that the store has."""
-        total, counts, fresh = await self._store_words(vector_store_id)
+    async def _idf_weights(self, vector_store_id: str, terms: list[str]) -> tuple[int, dict[str, tuple[float, int]]]:
+        """The store's chunk count, and (BM25 idf, chunk count) of each lexeme of the query
+        words that the store has."""
+        stats, fresh = await self._store_words(vector_store_id)
+        total, counts = stats.total, stats.counts
         rows = await self.db.fetchall("SELECT lexeme FROM unnest(to_tsvector('english', :q))", q=" ".join(terms))
         weights: dict[str, tuple[float, int]] = {}
         for row in rows:
@@ -433,33 +437,31 @@ class VectorStoreStore:
             df = counts.get(row["lexeme"], 0 if fresh else 1)
             if df:
                 weights[row["lexeme"]] = (math.log(1.0 + (total - df + 0.5) / (df + 0.5)), df)
-        return weights
+        return total, weights
 
-    async def _store_words(self, vector_store_id: str) -> tuple[int, dict[str, int], bool]:
+    async def _store_words(self, vector_store_id: str) -> tuple[WordStats, bool]:
         """How many chunks the store has, and in how many each lexeme is (ts_stat, one pass).
         Kept in memory; taken again once the store's chunks changed, at most every
         WORD_STATS_SECONDS (idf moves little while files are being added)."""
         key = (id(self.db), vector_store_id)
         row = await self.db.fetchone("SELECT vectors_version FROM vector_stores WHERE id = :vs", vs=vector_store_id)
         version = int(row["vectors_version"]) if row else -1
-        known = _word_stats_version.get(key)
-        if key in _word_stats and (known == version or time.monotonic() - known_at(key) < WORD_STATS_SECONDS):
+        known = _word_stats.get(key)
+        if known is not None and (known.version == version or time.monotonic() - known.taken_at < WORD_STATS_SECONDS):
             _word_stats.move_to_end(key)
-            total, counts, _ = _word_stats[key]
-            return total, counts, known == version
+            return known, known.version == version
         stats = await self.db.fetchall(
             "SELECT word, ndoc FROM ts_stat(format('SELECT tsv FROM vector_store_chunks WHERE vector_store_id = %L', "
             "CAST(:vs AS TEXT)))", vs=vector_store_id)
         size = await self.db.fetchone(
             "SELECT COUNT(*) AS n FROM vector_store_chunks WHERE vector_store_id = :vs", vs=vector_store_id)
-        total, counts = int(size["n"]) if size else 0, {r["word"]: int(r["ndoc"]) for r in stats}
-        _word_stats[key] = (total, counts, time.monotonic())
-        _word_stats_version[key] = version
+        taken = WordStats(version, int(size["n"]) if size else 0, {r["word"]: int(r["ndoc"]) for r in stats},
+                          time.monotonic())
+        _word_stats[key] = taken
         _word_stats.move_to_end(key)
         while len(_word_stats) > WORD_STATS_STORES:
-            old, _ = _word_stats.popitem(last=False)
-            _word_stats_version.pop(old, None)
-        return total, counts, True
+            _word_stats.popitem(last=False)
+        return taken, True
 
     # ------------------------------------------------------------ ingestion
 
