@@ -2,21 +2,30 @@
 
 from __future__ import annotations
 
+from pydantic import Field
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
+from assistd.domain.errors import invalid
 from assistd.domain.objects import new_thread
 from assistd.execution.attachments import attach_to_thread, new_thread_resources
 from assistd.execution.commands import message_from_params
 from assistd.http.common import deleted, ok, page, params, path, runtime
 from assistd.http.models import (
+    ListQuery,
     MessageCreate,
     MessageListQuery,
     MetadataModify,
     ThreadCreate,
     ThreadModify,
+    check_metadata,
 )
+from assistd.storage.thread_list import list_threads
+
+
+class ThreadListQuery(ListQuery):
+    assistant_id: str | None = Field(default=None, max_length=64)
 
 
 async def create(request: Request) -> Response:
@@ -26,6 +35,29 @@ async def create(request: Request) -> Response:
     messages = [message_from_params(thread["id"], m) for m in data.get("messages") or []]
     thread["tool_resources"] = await new_thread_resources(store, thread["tool_resources"], messages) or {}
     return ok(await store.insert_thread(thread, messages))
+
+
+def _metadata_filter(request: Request) -> dict[str, str]:
+    """`metadata[key]=value` query parameters, with metadata's own bounds."""
+    pairs: dict[str, str] = {}
+    for name, value in request.query_params.multi_items():
+        if name.startswith("metadata[") and name.endswith("]"):
+            pairs[name[len("metadata["):-1]] = value
+        elif name.startswith("metadata"):
+            raise invalid(f"Invalid query parameter '{name}': use metadata[key]=value.", name)
+    try:
+        check_metadata(pairs)
+    except ValueError as exc:
+        raise invalid(f"Invalid 'metadata' filter: {exc}.", "metadata") from None
+    return pairs
+
+
+async def list_(request: Request) -> Response:
+    """assistd's extension: threads, newest first, by assistant (any run on it) and metadata."""
+    pages, query = page(request, ThreadListQuery)
+    assistant_id = query.assistant_id if isinstance(query, ThreadListQuery) else None
+    db = runtime(request).store.db
+    return ok(await list_threads(db, db.dialect, pages, assistant_id, _metadata_filter(request)))
 
 
 async def retrieve(request: Request) -> Response:
@@ -81,6 +113,7 @@ async def delete_message(request: Request) -> Response:
 
 routes = [
     Route("/threads", create, methods=["POST"]),
+    Route("/threads", list_, methods=["GET"]),
     Route("/threads/{thread_id}", retrieve, methods=["GET"]),
     Route("/threads/{thread_id}", modify, methods=["POST"]),
     Route("/threads/{thread_id}", delete, methods=["DELETE"]),
