@@ -29,6 +29,7 @@ from assistd.http.errors import (
     validation_handler,
 )
 from assistd.storage.pages import UnknownCursor
+from assistd.ui.serve import ConsoleMiddleware
 
 log = logging.getLogger("assistd")
 
@@ -65,7 +66,8 @@ def create_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
             Mount("/v1", routes=[*assistants.routes, *files.routes, *runs.routes, *threads.routes,
                                  *vector_stores.routes]),
         ],
-        middleware=[Middleware(ApiKeyMiddleware, keys=settings.api_keys)],
+        # The console's pages are public (they hold no data), so they are served before the key check.
+        middleware=[Middleware(ConsoleMiddleware), Middleware(ApiKeyMiddleware, keys=settings.api_keys)],
         exception_handlers={
             ApiError: api_error_handler,
             ValidationError: validation_handler,
