@@ -279,3 +279,28 @@ def test_every_page_renders_without_errors(
     finally:
         context.close()
     assert not errors.seen, "\n".join(errors.seen)
+
+
+def test_an_attached_file_is_searched_and_the_answer_cites_it(
+        page: Page, console: AssistdServer, client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    upstream.on("where do quokkas live", Reply.tool_calls([("file_search", '{"query": "quokka island"}')]))
+    upstream.on("Passages from the files", Reply.text("On Rottnest Island 【0†quokka.txt】."))
+    searcher = assistant(client, tools=[{"type": "file_search"}])
+    open_console(page, console, "playground")
+    page.get_by_label("Assistant", **EXACT).select_option(searcher.id)
+    page.get_by_label("Message", **EXACT).fill("where do quokkas live")
+    page.get_by_label("Attach file").set_input_files(
+        {"name": "quokka.txt", "mimeType": "text/plain", "buffer": b"The quokka lives on Rottnest Island.\n"})
+    page.get_by_label("Attach for").select_option("file_search")
+    page.get_by_role("button", name="Send").click()
+    expect(run_status(page)).to_have_text("completed", timeout=30_000)
+    expect(page.locator("article.msg.user").last).to_contain_text("for file_search")
+    search = page.locator("details[data-type=file_search]").last
+    expect(search).to_contain_text("quokka.txt")
+    expect(search.locator(".score")).to_have_text(re.compile(r"score \d\.\d{3}"))
+    expect(search).to_contain_text("The quokka lives on Rottnest Island.")
+    cite = page.locator("article.msg.assistant a.cite").last
+    expect(cite).to_have_text("[1: quokka.txt]")
+    with page.expect_download() as download:
+        cite.click()
+    assert download.value.suggested_filename == "quokka.txt"

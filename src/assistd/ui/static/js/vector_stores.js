@@ -49,8 +49,8 @@ async function store(main, storeId) {
   const results = h("div", { "aria-live": "polite" });
   const addForm = h("form", { class: "panel", "aria-label": "Add a file" },
     h("h2", {}, "Add a file"),
-    h("div", { class: "row" }, field("Existing file", pick), field("Or upload a file", file), h("button", { type: "submit" }, "Add file")),
-    progress);
+    field("Existing file", pick), field("Or upload a file", file), progress,
+    h("div", { class: "actions" }, h("button", { type: "submit" }, "Add file")));
   const searchForm = h("form", { class: "panel", role: "search", "aria-label": "Search this store" },
     h("div", { class: "row" }, field("Search query", search), h("button", { type: "submit" }, "Search")), results);
   clear(main, h("h1", {}, "Vector store ", h("span", { class: "mono" }, storeId)), info,
