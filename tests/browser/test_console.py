@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import re
+import struct
+import zlib
 from typing import TYPE_CHECKING, Any
 
 import httpx
@@ -28,6 +30,22 @@ pytestmark = pytest.mark.timeout(90)
 EXACT = {"exact": True}
 
 
+# Controls a screen reader (or a test) could not name: no label, no aria-label, no text.
+UNNAMED_CONTROLS = """() => [...document.querySelectorAll("button, input, select, textarea, a[href]")]
+  .filter((el) => !(el.labels && el.labels.length) && !el.getAttribute("aria-label") && !el.textContent.trim()
+                  && !el.getAttribute("title"))
+  .map((el) => el.outerHTML.slice(0, 80))"""
+
+
+def tiny_png() -> bytes:
+    """A 1x1 red PNG."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+    header = struct.pack(">IIBBBBB", 1, 1, 8, 2, 0, 0, 0)
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\x00\xff\x00\x00"))
+            + chunk(b"IEND", b""))
+
+
 def open_console(page: Page, server: AssistdServer, section: str = "") -> None:
     page.goto(f"{server.root_url}/#/{section}")
 
@@ -45,11 +63,14 @@ def create_assistant_in_page(page: Page, server: AssistdServer, name: str, *, fu
     return page.url.rsplit("/", 1)[1]
 
 
-def chat(page: Page, server: AssistdServer, assistant_id: str, text: str) -> None:
+def chat(page: Page, server: AssistdServer, assistant_id: str, text: str, *, keyboard: bool = False) -> None:
     open_console(page, server, "playground")
     page.get_by_label("Assistant", **EXACT).select_option(assistant_id)
     page.get_by_label("Message", **EXACT).fill(text)
-    page.get_by_role("button", name="Send").click()
+    if keyboard:
+        page.get_by_label("Message", **EXACT).press("Enter")
+    else:
+        page.get_by_role("button", name="Send").click()
 
 
 def run_status(page: Page) -> Any:
@@ -80,11 +101,12 @@ def test_create_an_assistant_then_a_streamed_chat_rendered_as_markdown(
 def test_cancel_mid_stream_shows_cancelled_and_closes_the_upstream(
         page: Page, console: AssistdServer, client: openai.OpenAI, upstream: FakeUpstream) -> None:
     upstream.on("go on forever", Reply.hang(after_chunks=2))
-    chat(page, console, assistant(client).id, "go on forever")
+    chat(page, console, assistant(client).id, "go on forever", keyboard=True)
     reply = page.locator("article.msg.assistant").last
     expect(reply).to_contain_text("part1")  # streamed text arrived while the model still generates
     expect(run_status(page)).to_have_text("in_progress")
-    page.get_by_role("button", name="Cancel run").click()
+    page.get_by_role("button", name="Cancel run").focus()
+    page.keyboard.press("Enter")  # the keyboard alone is enough
     expect(run_status(page)).to_have_text("cancelled")
     upstream.wait_for_outcome("go on forever", "client_closed")
     expect(page.get_by_role("button", name="Cancel run")).to_be_disabled()
@@ -272,6 +294,7 @@ def test_every_page_renders_without_errors(
             tab.goto(f"{console.root_url}/#/{section}")
             expect(tab.locator("main h1")).to_be_visible()
             tab.wait_for_load_state("networkidle")
+            assert tab.evaluate(UNNAMED_CONTROLS) == [], section
             tab.screenshot(path=shot_path(request, "-" + section.split("/")[0] + ("-one" if "/" in section else "")),
                            full_page=True)
         background = tab.evaluate("getComputedStyle(document.body).backgroundColor")
@@ -304,3 +327,107 @@ def test_an_attached_file_is_searched_and_the_answer_cites_it(
     with page.expect_download() as download:
         cite.click()
     assert download.value.suggested_filename == "quokka.txt"
+
+
+def test_markdown_from_the_model_never_becomes_markup(page: Page, console: AssistdServer) -> None:
+    open_console(page, console, "files")
+    rendered = page.evaluate("""async () => {
+        const { render } = await import("/ui/js/md.js");
+        const cases = [
+          "<script>window.pwned = 1</script>",
+          "<img src=x onerror='window.pwned = 1'>",
+          "[a](javascript:window.pwned=1) [b](data:text/html,hi) [c](JAVASCRIPT:x) [d](mailto:a@b.c)",
+          "**<b>bold</b>** and `<i>code</i>`",
+          "```html\\n<iframe src=x></iframe>\\n```",
+          "```\\nunclosed fence <svg onload=x>",
+          "1. first\\n2. *second*\\n\\n# Heading <u>x</u>",
+        ];
+        return cases.map((text) => {
+          const el = render(text);
+          return { html: el.innerHTML, text: el.textContent,
+                   tags: [...el.querySelectorAll("*")].map((n) => n.tagName.toLowerCase()),
+                   hrefs: [...el.querySelectorAll("a")].map((a) => a.getAttribute("href")) };
+        });
+    }""")
+    allowed = {"p", "br", "strong", "em", "code", "pre", "a", "ul", "ol", "li", "h3", "span"}
+    for case in rendered:
+        assert set(case["tags"]) <= allowed, case
+        assert all(href.startswith(("https:", "http:", "mailto:")) for href in case["hrefs"]), case
+    assert rendered[0]["text"] == "<script>window.pwned = 1</script>"
+    assert rendered[2]["hrefs"] == ["mailto:a@b.c"]
+    assert "<b>bold</b>" in rendered[3]["text"] and rendered[3]["tags"] == ["p", "strong", "code"]
+    assert rendered[4]["tags"] == ["pre", "code"] and "<iframe src=x></iframe>" in rendered[4]["text"]
+    assert rendered[6]["tags"] == ["ol", "li", "li", "em", "h3"]
+    assert page.evaluate("window.pwned") is None
+
+
+def test_streamed_image_parts_and_file_annotations_render_in_delta_and_completed_form(
+        page: Page, console: AssistdServer, client: openai.OpenAI) -> None:
+    png = client.files.create(file=("dot.png", tiny_png()), purpose="assistants").id
+    report = client.files.create(file=("report.txt", b"numbers"), purpose="assistants").id
+    open_console(page, console, "files")
+    page.evaluate("""async ([png, report]) => {
+        const { Conversation } = await import("/ui/js/conversation.js");
+        const conv = new Conversation();
+        conv.el.id = "probe";
+        document.querySelector("main").append(conv.el);
+        const text = "Saved to sandbox:/mnt/data/report.txt here.";
+        const start = text.indexOf("sandbox:"), end = start + "sandbox:/mnt/data/report.txt".length;
+        const note = { index: 0, type: "file_path", text: "sandbox:/mnt/data/report.txt", start_index: start,
+                       end_index: end, file_path: { file_id: report } };
+        conv.handle("thread.message.created", { id: "msg_1", role: "assistant", content: [], status: "in_progress" });
+        conv.handle("thread.message.delta", { id: "msg_1", delta: { content: [{ index: 0, type: "text", text: { value: text.slice(0, 10) } }] } });
+        conv.handle("thread.message.delta", { id: "msg_1", delta: { content: [{ index: 0, type: "text", text: { value: text.slice(10), annotations: [note] } }] } });
+        conv.handle("thread.message.delta", { id: "msg_1", delta: { content: [{ index: 1, type: "image_file", image_file: { file_id: png } }] } });
+        window.probe = { conv, final: { id: "msg_1", role: "assistant", status: "completed",
+          content: [{ type: "text", text: { value: text, annotations: [note] } }, { type: "image_file", image_file: { file_id: png } }] } };
+    }""", [png, report])
+    message = page.locator("#probe article.msg")
+    for _ in ("delta", "completed"):
+        expect(message.locator("a.cite")).to_have_text("report.txt")
+        expect(message).to_contain_text("Saved to report.txt here.")
+        expect(message.locator("img")).to_have_attribute("src", re.compile(r"^blob:"))
+        page.wait_for_function("() => document.querySelector('#probe img').naturalWidth === 1")
+        page.evaluate("window.probe.conv.handle('thread.message.completed', window.probe.final)")
+    expect(message.locator("img")).to_have_count(1)
+    with page.expect_download() as download:
+        message.locator("a.cite").click()
+    assert download.value.suggested_filename == "report.txt"
+
+
+def test_an_assistant_edited_then_deleted(page: Page, console: AssistdServer, client: openai.OpenAI) -> None:
+    store = client.vector_stores.create(name="Editor's store")
+    assistant_id = create_assistant_in_page(page, console, "Draft")
+    page.get_by_label("Name", **EXACT).fill("Final")
+    page.get_by_label("Temperature", **EXACT).fill("0.3")
+    page.get_by_label("Response format", **EXACT).select_option("json_object")
+    page.get_by_label("File search", **EXACT).check()
+    page.get_by_label("File search vector store IDs", **EXACT).fill(store.id)
+    page.get_by_label("Metadata (JSON)", **EXACT).fill('{"team": "docs"}')
+    page.get_by_role("button", name="Save assistant").click()
+    expect(page.get_by_role("heading", name="Final")).to_be_visible()
+    saved = client.beta.assistants.retrieve(assistant_id)
+    assert (saved.name, saved.temperature, saved.metadata) == ("Final", 0.3, {"team": "docs"})
+    assert saved.response_format.type == "json_object"  # type: ignore[union-attr]
+    assert [t.type for t in saved.tools] == ["file_search"]
+    assert saved.tool_resources.file_search.vector_store_ids == [store.id]  # type: ignore[union-attr]
+    page.once("dialog", lambda dialog: dialog.accept())
+    page.get_by_role("button", name="Delete assistant").click()
+    expect(page).to_have_url(re.compile(r"#/assistants$"))
+    with pytest.raises(openai.NotFoundError):
+        client.beta.assistants.retrieve(assistant_id)
+
+
+def test_a_thread_reopened_in_the_playground_follows_its_running_run_and_can_cancel_it(
+        page: Page, console: AssistdServer, client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    upstream.on("still writing", Reply.hang(after_chunks=2))
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "still writing"}])
+    run = client.beta.threads.runs.create(thread.id, assistant_id=assistant(client).id)
+    wait_for_status(client, thread.id, run.id, {"in_progress"})
+    upstream.wait_for_requests(1)
+    open_console(page, console, f"playground/{thread.id}")
+    expect(run_status(page)).to_have_text("in_progress")
+    page.get_by_role("button", name="Cancel run").click()
+    expect(run_status(page)).to_have_text("cancelled")
+    upstream.wait_for_outcome("still writing", "client_closed")
+    assert client.beta.threads.runs.retrieve(run.id, thread_id=thread.id).status == "cancelled"

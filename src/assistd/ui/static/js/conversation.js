@@ -115,7 +115,8 @@ export class Conversation {
       if (part.type === "text") {
         have.text = have.text || { value: "", annotations: [] };
         have.text.value += (part.text && part.text.value) || "";
-        for (const a of (part.text && part.text.annotations) || []) have.text.annotations.push(a);
+        const notes = have.text.annotations;
+        for (const a of (part.text && part.text.annotations) || []) notes[a.index ?? notes.length] = a;
       } else {
         Object.assign(have, part);
       }

@@ -4,7 +4,7 @@
 import { get, post, query, stream, upload } from "./api.js";
 import { h, clear, field } from "./dom.js";
 import { Conversation } from "./conversation.js";
-import { guard } from "./errors.js";
+import { guard, report } from "./errors.js";
 
 const LIVE = new Set(["queued", "in_progress", "requires_action", "cancelling"]);
 
@@ -45,7 +45,6 @@ export async function mount(main, [threadId]) {
   const remembered = sessionStorage.getItem("assistd.playground.assistant");
   if (remembered && assistants.data.some((a) => a.id === remembered)) assistant.value = remembered;
   assistant.addEventListener("change", () => sessionStorage.setItem("assistd.playground.assistant", assistant.value));
-  if (state.threadId) await conv.load(state.threadId);
 
   function busy(running) {
     send.disabled = running;
@@ -129,6 +128,19 @@ export async function mount(main, [threadId]) {
     await post(`/threads/${state.run.thread_id}/runs/${state.run.id}/cancel`, {});
   }));
 
+  if (state.threadId) await resume();
   message.focus();
   return () => controller.abort();
+
+  /** An opened thread: its messages, and its latest run followed if it is still going. */
+  async function resume() {
+    await conv.load(state.threadId);
+    const [latest] = (await get(`/threads/${state.threadId}/runs${query({ limit: 1 })}`)).data;
+    if (!latest || !LIVE.has(latest.status)) return;
+    state.run = latest;
+    conv.runEvent(latest);
+    if (latest.status !== "requires_action") {
+      follow("GET", `/threads/${state.threadId}/runs/${latest.id}/events`).catch(report);
+    }
+  }
 }
