@@ -134,14 +134,18 @@ def _system_mounts() -> list[str]:
 
 
 def bwrap_argv(python: Path, binds: dict[str, Path], command: list[str]) -> list[str]:
-    """The bwrap command line: new namespaces for everything, nothing shared but `binds`."""
-    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+    """The bwrap command line: new namespaces for everything, nothing shared but `binds`, and
+    nothing writable but `binds`. No nested user namespace: without one the code can make no
+    other namespace either, so every process it starts stays in the sandbox's pid namespace,
+    where the end-of-call kill and the memory watchdog see it."""
+    args = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
             "--uid", str(INNER_UID), "--gid", str(INNER_UID), "--hostname", "sandbox",
             *_system_mounts(), "--ro-bind", str(python), PYTHON_INSIDE,
             "--proc", "/proc", "--dev", "/dev"]
     for inside, host in binds.items():
         args += ["--bind", str(host), inside]
-    return [*args, "--remount-ro", "/dev", "--chdir", DATA_INSIDE if DATA_INSIDE in binds else "/", *command]
+    # bwrap's own root is an uncapped tmpfs (/, /etc, /opt, /run…): read-only, binds stay writable
+    return [*args, "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", DATA_INSIDE if DATA_INSIDE in binds else "/", *command]
 
 
 def kernel_command(limits: Limits, connection_file: str) -> list[str]:
