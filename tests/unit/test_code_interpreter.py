@@ -356,3 +356,45 @@ print('parent still here')
     output, after = with_pool(root, scenario, limits=Limits(call_seconds=8, memory_bytes=768 * MIB))
     assert "parent still here" in output.logs and "together they used more than 768 MiB" in output.logs
     assert ok(after) == "fine\n"
+
+
+# ---------------------------------------------------------------- what assistd itself must not hold
+
+
+def rss_of_this_process() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+FLOOD = """
+import sys, threading
+def flood():
+    chunk = 'x' * (20 * 1024 * 1024)
+    for _ in range(15):  # 300 MiB in all, after the call has returned
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+    open('/mnt/data/flood-done', 'w').close()
+threading.Thread(target=flood, daemon=True).start()
+"""
+
+
+def test_output_flooded_between_calls_is_read_as_it_comes_and_only_output_chars_kept(root: Path) -> None:
+    async def scenario(pool: SessionPool) -> tuple[int, int, Output]:
+        ok(await pool.execute("t1", "print('warm')"))
+        before = peak = rss_of_this_process()
+        ok(await pool.execute("t1", FLOOD))
+        done = pool.sessions["t1"].dirs.data / "flood-done"
+        for _ in range(1800):  # the flood ends by itself; this only bounds a broken one
+            peak = max(peak, rss_of_this_process())
+            if done.exists():
+                break
+            await asyncio.sleep(0.05)
+        for _ in range(20):  # its last messages are read too
+            peak = max(peak, rss_of_this_process())
+            await asyncio.sleep(0.05)
+        return before, peak, await pool.execute("t1", "print('after')")
+
+    before, peak, after = with_pool(root, scenario, limits=Limits(output_chars=1000, memory_bytes=768 * MIB))
+    print(f"assistd's RSS grew by {(peak - before) / MIB:.0f} MiB while the kernel printed 300 MiB between calls")
+    assert peak - before < 48 * MIB
+    assert after.logs.startswith("[printed by the code since its last call returned:]\n" + "x" * 1000)
+    assert "more characters printed since its last call not shown]\n[this call:]\nafter\n" in after.logs

@@ -12,6 +12,7 @@ import queue
 import secrets
 import shutil
 import signal
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,7 +30,11 @@ START_SECONDS = 60.0
 POLL_SECONDS = 0.25  # how often a waiting call checks that the kernel is still alive
 REPLY_SECONDS = 2.0  # the execute_reply comes with the idle status; don't wait forever
 INTERRUPT_GRACE = 1.0  # after an interrupt, how long the kernel has to finish the call
-MAX_MESSAGE_BYTES = 32 * 1024 * 1024  # a kernel can't make the host buffer more than this per message
+# What assistd may hold of one session's output at a time: a message over MAX_MESSAGE_BYTES
+# resets the connection (it is lost), and at most QUEUED_MESSAGES wait to be read. The
+# launcher cuts the kernel's own stream messages to well under it.
+MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+QUEUED_MESSAGES = 2
 PORTS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
 
 
@@ -40,8 +45,18 @@ class KernelDied(Exception):
 def _context() -> zmq.asyncio.Context:
     context = zmq.asyncio.Context()
     context.setsockopt(zmq.MAXMSGSIZE, MAX_MESSAGE_BYTES)
+    context.setsockopt(zmq.RCVHWM, QUEUED_MESSAGES)
     context.setsockopt(zmq.LINGER, 0)
     return context
+
+
+@dataclass
+class Call:
+    """The cell being run: its output goes to `sink` until its idle status comes."""
+
+    msg_id: str
+    sink: Sink
+    idle: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class Kernel:
@@ -53,6 +68,9 @@ class Kernel:
         self.client: AsyncKernelClient | None = None
         self.init_pid = self.kernel_pid = 0
         self.strays_killed_for_memory = False
+        self.call: Call | None = None
+        self.between = Sink(limits.output_chars, keep_images=False)  # printed while no call ran
+        self.pump: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------ life
 
@@ -73,6 +91,7 @@ class Kernel:
         self.client.start_channels(hb=False)
         try:
             await self._wait_ready()
+            self.pump = asyncio.ensure_future(self._pump_iopub())
         except BaseException:
             await self.stop()
             raise
@@ -113,6 +132,10 @@ class Kernel:
 
     async def stop(self) -> None:
         """Kill the sandbox (its pid namespace goes with it) and close the sockets."""
+        if self.pump is not None:
+            self.pump.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self.pump
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGKILL)
@@ -125,36 +148,65 @@ class Kernel:
 
     # ------------------------------------------------------------ calls
 
-    async def submit(self, code: str) -> str:
-        """Send the cell; returns its msg_id."""
+    async def submit(self, code: str, sink: Sink) -> str:
+        """Send the cell, its output going to `sink` (after what was printed since the last
+        call); returns its msg_id."""
         assert self.client is not None
         await self._drain_stale()
         self.strays_killed_for_memory = False
+        sink.absorb(self.between)
+        self.between = Sink(self.limits.output_chars, keep_images=False)
         msg_id: str = self.client.execute(code, store_history=True, allow_stdin=False, stop_on_error=False)
+        self.call = Call(msg_id, sink)  # before the pump can read its first message: execute() doesn't await
         return msg_id
 
     async def _drain_stale(self) -> None:
-        """Messages no call waited for (output of background threads, old replies)."""
+        """Replies no call waited for (iopub is read all the time by the pump)."""
         assert self.client is not None
-        for get in (self.client.get_iopub_msg, self.client.get_shell_msg, self.client.get_control_msg):
+        for get in (self.client.get_shell_msg, self.client.get_control_msg):
             with contextlib.suppress(queue.Empty):
                 for _ in range(10_000):
                     await get(timeout=0)
 
+    async def _pump_iopub(self) -> None:
+        """Read the kernel's output as it comes, during calls and between them, so it never
+        piles up in assistd: what no call waits for goes to `between`, which keeps only
+        output_chars of it and counts the rest."""
+        assert self.client is not None
+        while True:
+            try:
+                self._route(await self.client.get_iopub_msg())
+            except (ValueError, KeyError, TypeError, AttributeError):
+                continue  # the code holds the key: it can send anything, signed or not
+
+    def _route(self, msg: Msg) -> None:
+        call = self.call
+        if call is None or msg["parent_header"].get("msg_id") != call.msg_id:
+            self.between.add(msg["msg_type"], msg["content"])
+        elif msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
+            call.idle.set()
+        else:
+            call.sink.add(msg["msg_type"], msg["content"])
+
     async def collect(self, msg_id: str, sink: Sink) -> None:
         """Feed the call's output to `sink` until the kernel is idle again."""
+        call = self.call
+        assert call is not None and call.msg_id == msg_id
+        call.sink = sink
         watchdog = asyncio.ensure_future(self._watch_memory())
         try:
-            while True:
-                msg = await self._next_iopub()
-                if msg["parent_header"].get("msg_id") != msg_id:
-                    continue
-                if msg["msg_type"] == "status" and msg["content"]["execution_state"] == "idle":
-                    sink.error = sink.error or (not sink.stopping and await self._reply_status(msg_id) == "error")
-                    return
-                sink.add(msg["msg_type"], msg["content"])
+            await self._until_idle(call)
+            self.call = None  # what its threads print from now on is between calls
+            sink.error = sink.error or (not sink.stopping and await self._reply_status(msg_id) == "error")
         finally:
             watchdog.cancel()
+
+    async def _until_idle(self, call: Call) -> None:
+        while not call.idle.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(call.idle.wait(), POLL_SECONDS)
+            if not call.idle.is_set() and not self.alive:
+                raise KernelDied(self._death())
 
     async def _reply_status(self, msg_id: str) -> str:
         """The execute_reply's status: it says "error" even when IPython failed to format one."""
@@ -165,16 +217,6 @@ class Kernel:
                 if reply["parent_header"].get("msg_id") == msg_id:
                     return str(reply["content"].get("status", ""))
         return ""
-
-    async def _next_iopub(self) -> Msg:
-        assert self.client is not None
-        while True:
-            try:
-                msg: Msg = await self.client.get_iopub_msg(timeout=POLL_SECONDS)
-                return msg
-            except queue.Empty:
-                if not self.alive:
-                    raise KernelDied(self._death()) from None
 
     def _death(self) -> str:
         code = self.proc.returncode if self.proc else None
