@@ -5,6 +5,7 @@ only when this host cannot sandbox."""
 from __future__ import annotations
 
 import ast
+import contextlib
 
 import asyncio
 import os
@@ -398,3 +399,37 @@ def test_output_flooded_between_calls_is_read_as_it_comes_and_only_output_chars_
     assert peak - before < 48 * MIB
     assert after.logs.startswith("[printed by the code since its last call returned:]\n" + "x" * 1000)
     assert "more characters printed since its last call not shown]\n[this call:]\nafter\n" in after.logs
+
+
+def host_processes_ending_with(mark: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            if entry.isdigit() and Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[-2:-1] == [mark.encode()]:
+                found.append(int(entry))
+    return found
+
+
+def test_a_process_started_by_a_background_thread_after_its_call_does_not_live_on(root: Path) -> None:
+    late = ("import subprocess, threading, time\n"
+            "def later():\n    time.sleep(1)\n    subprocess.Popen(['sleep', '4243.5'])\n"
+            "    open('/mnt/data/started', 'w').close()\n"
+            "threading.Thread(target=later, daemon=True).start()")
+
+    async def scenario(pool: SessionPool) -> tuple[bool, list[int]]:
+        ok(await pool.execute("t1", late))
+        started = pool.sessions["t1"].dirs.data / "started"
+        for _ in range(200):  # bounds a thread that never starts it
+            if started.exists():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(3)  # the check runs every second
+        return started.exists(), host_processes_ending_with("4243.5")
+
+    try:
+        started, left = with_pool(root, scenario)
+    finally:
+        for pid in host_processes_ending_with("4243.5"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+    assert started and left == []

@@ -23,10 +23,12 @@ from jupyter_client.asynchronous import AsyncKernelClient
 from assistd.execution.code_interpreter import sandbox
 from assistd.execution.code_interpreter.limits import Limits
 from assistd.execution.code_interpreter.outputs import Sink
-from assistd.execution.code_interpreter.processes import kill_all, namespace_members, rss_bytes, sandbox_pids
+from assistd.execution.code_interpreter.processes import (children_in_tasks, kill_all, namespace_members, rss_bytes,
+                                                          sandbox_pids)
 
 Msg = dict[str, Any]
 START_SECONDS = 60.0
+BETWEEN_CALLS_CHECK = 1.0  # how often, with no call running, the sandbox is checked for processes
 POLL_SECONDS = 0.25  # how often a waiting call checks that the kernel is still alive
 REPLY_SECONDS = 2.0  # the execute_reply comes with the idle status; don't wait forever
 INTERRUPT_GRACE = 1.0  # after an interrupt, how long the kernel has to finish the call
@@ -71,6 +73,7 @@ class Kernel:
         self.call: Call | None = None
         self.between = Sink(limits.output_chars, keep_images=False)  # printed while no call ran
         self.pump: asyncio.Future[None] | None = None
+        self.police: asyncio.Future[None] | None = None
 
     # ------------------------------------------------------------ life
 
@@ -92,6 +95,7 @@ class Kernel:
         try:
             await self._wait_ready()
             self.pump = asyncio.ensure_future(self._pump_iopub())
+            self.police = asyncio.ensure_future(self._police_between_calls())
         except BaseException:
             await self.stop()
             raise
@@ -132,10 +136,11 @@ class Kernel:
 
     async def stop(self) -> None:
         """Kill the sandbox (its pid namespace goes with it) and close the sockets."""
-        if self.pump is not None:
-            self.pump.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self.pump
+        for task in (self.pump, self.police):
+            if task is not None:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
         if self.proc is not None and self.proc.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 self.proc.send_signal(signal.SIGKILL)
@@ -245,6 +250,17 @@ class Kernel:
 
     def _strays(self) -> list[int]:
         return [p for p in namespace_members(self.init_pid) if p not in (self.init_pid, self.kernel_pid)]
+
+    async def _police_between_calls(self) -> None:
+        """No process outlives its call, also one a background thread starts after the call
+        returned: with no call running, any process but the kernel is killed within a second."""
+        while True:
+            await asyncio.sleep(BETWEEN_CALLS_CHECK)
+            if self.call is None and self.alive and await asyncio.to_thread(self._has_children):
+                await asyncio.to_thread(self.kill_strays)
+
+    def _has_children(self) -> bool:
+        return bool(children_in_tasks(self.kernel_pid)) or children_in_tasks(self.init_pid) != [self.kernel_pid]
 
     async def _watch_memory(self) -> None:
         """RLIMIT_AS holds each process; this holds the sum when code starts several."""
