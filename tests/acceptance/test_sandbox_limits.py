@@ -38,6 +38,15 @@ for folder in ['/var', '/srv', '/etc/new', '/opt/python/new']:
         print('WROTE', folder)
     except OSError as exc:
         print('refused', folder, exc.errno)
+try:  # RAM on no filesystem: memfd files and System V shared memory
+    os.write(os.memfd_create('hidden'), b'x' * 4096)
+    print('WROTE memfd')
+except OSError as exc:
+    print('refused memfd', exc.errno)
+import ctypes
+libc = ctypes.CDLL(None, use_errno=True)
+segment = libc.shmget(0, 1 << 20, 0o1600)  # IPC_PRIVATE, IPC_CREAT | 0600
+print('refused shmget', ctypes.get_errno()) if segment == -1 else print('WROTE shmget')
 """
 
 FILL_EVERY_WRITABLE_FOLDER = """
@@ -62,7 +71,7 @@ def test_nothing_outside_the_sessions_capped_storage_is_writable(make_server: An
         thread = client.beta.threads.create()
         _, outside = run_code(client, upstream, "write outside", WRITE_OUTSIDE_THE_SESSION, thread_id=thread.id)
         _, filled = run_code(client, upstream, "fill everything", FILL_EVERY_WRITABLE_FOLDER, thread_id=thread.id)
-    assert "WROTE" not in logs(outside) and logs(outside).count("refused") == 13
+    assert "WROTE" not in logs(outside) and logs(outside).count("refused") == 15
     assert int(logs(filled).split()[0]) < 16  # the four writable folders share one 16 MiB tmpfs
 
 

@@ -80,14 +80,14 @@ class Kernel:
     async def start(self) -> None:
         """Start the sandbox and wait until the kernel answers kernel_info."""
         connection = self._write_connection_files()
-        argv = sandbox.bwrap_argv(self.python, self.dirs.binds,
-                                  sandbox.kernel_command(self.limits, f"{sandbox.KERNEL_DIR_INSIDE}/connection.json"))
-        with open(self.dirs.log, "ab") as log:
+        command = sandbox.kernel_command(self.limits, f"{sandbox.KERNEL_DIR_INSIDE}/connection.json")
+        with open(self.dirs.log, "ab") as log, sandbox.seccomp_filter() as seccomp_fd:
+            argv = sandbox.bwrap_argv(self.python, self.dirs.binds, command, seccomp_fd)
             # setpriv drops to the sandbox uid (uvloop, which uvicorn uses, has no user=/group=)
             uid = str(sandbox.SANDBOX_UID)
             self.proc = await asyncio.create_subprocess_exec(
                 shutil.which("setpriv") or "/usr/bin/setpriv", f"--reuid={uid}", f"--regid={uid}", "--clear-groups", *argv,
-                env=sandbox.sandbox_env(), start_new_session=True,
+                env=sandbox.sandbox_env(), start_new_session=True, pass_fds=() if seccomp_fd is None else (seccomp_fd,),
                 stdin=asyncio.subprocess.DEVNULL, stdout=log, stderr=log)
         self.client = AsyncKernelClient(context=_context())
         self.client.load_connection_info(connection)
