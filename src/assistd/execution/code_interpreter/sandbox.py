@@ -4,8 +4,9 @@ Each session gets one size-limited tmpfs on the host (`<root>/sessions/<id>`, mo
 assistd, which therefore runs as root); its subfolders are bound into the sandbox as
 /mnt/data, /tmp, /dev/shm, $HOME and /run/kernel (the kernel's ZMQ unix sockets). The kernel
 runs under an unprivileged uid of its own inside new user, pid, net, ipc, uts, mount and cgroup
-namespaces; the only other things it sees are /usr (and the /lib, /bin links) and the
-sandbox Python, read-only.
+namespaces (and can make no nested ones); the only other things it sees are /usr (and the
+/lib, /bin links) and the sandbox Python, read-only. bwrap's own root is read-only too, and a
+seccomp filter refuses memory that lives on no filesystem (seccomp.py).
 """
 
 from __future__ import annotations
