@@ -433,3 +433,17 @@ def test_a_process_started_by_a_background_thread_after_its_call_does_not_live_o
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
     assert started and left == []
+
+
+def test_a_call_whose_idle_status_is_lost_ends_with_its_reply_not_its_time_limit(root: Path) -> None:
+    # as when the kernel's iopub queue drops messages in a flood: here it never sends "idle"
+    lose_idle = ("kernel = get_ipython().kernel\npublish = kernel._publish_status\n"
+                 "kernel._publish_status = lambda status, *a, **kw: None if status == 'idle' else publish(status, *a, **kw)\n"
+                 "print('no idle from now on')")
+
+    async def scenario(pool: SessionPool) -> tuple[Output, Output]:
+        return await pool.execute("t1", lose_idle), await pool.execute("t1", "1 / 0")
+
+    quiet, failing = with_pool(root, scenario, limits=Limits(call_seconds=20))
+    assert not quiet.timed_out and ok(quiet) == "no idle from now on\n"
+    assert not failing.timed_out and failing.error and "ZeroDivisionError" in failing.logs

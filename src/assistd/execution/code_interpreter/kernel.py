@@ -31,6 +31,7 @@ START_SECONDS = 60.0
 BETWEEN_CALLS_CHECK = 1.0  # how often, with no call running, the sandbox is checked for processes
 POLL_SECONDS = 0.25  # how often a waiting call checks that the kernel is still alive
 REPLY_SECONDS = 2.0  # the execute_reply comes with the idle status; don't wait forever
+REPLY_GRACE = 1.0  # after a call's execute_reply, how long its idle status may still take
 INTERRUPT_GRACE = 1.0  # after an interrupt, how long the kernel has to finish the call
 # What assistd may hold of one session's output at a time: a message over MAX_MESSAGE_BYTES
 # resets the connection (it is lost), and at most QUEUED_MESSAGES wait to be read. The
@@ -59,6 +60,7 @@ class Call:
     msg_id: str
     sink: Sink
     idle: asyncio.Event = field(default_factory=asyncio.Event)
+    reply: str | None = None  # the execute_reply's status, once read
 
 
 class Kernel:
@@ -202,16 +204,36 @@ class Kernel:
         try:
             await self._until_idle(call)
             self.call = None  # what its threads print from now on is between calls
-            sink.error = sink.error or (not sink.stopping and await self._reply_status(msg_id) == "error")
+            status = call.reply if call.reply is not None else await self._reply_status(msg_id)
+            sink.error = sink.error or (not sink.stopping and status == "error")
         finally:
             watchdog.cancel()
 
     async def _until_idle(self, call: Call) -> None:
+        """Until the call's idle status (all its output is in), or REPLY_GRACE after its
+        execute_reply: the kernel's iopub queue drops messages in a flood, the status too."""
+        since_reply = 0.0
         while not call.idle.is_set():
             with contextlib.suppress(asyncio.TimeoutError):
                 await asyncio.wait_for(call.idle.wait(), POLL_SECONDS)
-            if not call.idle.is_set() and not self.alive:
+            if call.idle.is_set():
+                return
+            if not self.alive:
                 raise KernelDied(self._death())
+            if call.reply is None:
+                call.reply = await self._reply_if_any(call.msg_id)
+            elif (since_reply := since_reply + POLL_SECONDS) >= REPLY_GRACE:
+                return
+
+    async def _reply_if_any(self, msg_id: str) -> str | None:
+        """The call's execute_reply status if it has come (other replies are stale: dropped)."""
+        assert self.client is not None
+        with contextlib.suppress(queue.Empty):
+            while True:
+                reply: Msg = await self.client.get_shell_msg(timeout=0)
+                if reply["parent_header"].get("msg_id") == msg_id:
+                    return str(reply["content"].get("status", ""))
+        return None
 
     async def _reply_status(self, msg_id: str) -> str:
         """The execute_reply's status: it says "error" even when IPython failed to format one."""
