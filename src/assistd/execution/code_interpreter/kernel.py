@@ -198,7 +198,8 @@ class Kernel:
     async def collect(self, msg_id: str, sink: Sink) -> None:
         """Feed the call's output to `sink` until the kernel is idle again."""
         call = self.call
-        assert call is not None and call.msg_id == msg_id
+        if call is None or call.msg_id != msg_id:
+            return  # it was over already
         call.sink = sink
         watchdog = asyncio.ensure_future(self._watch_memory())
         try:
@@ -279,7 +280,7 @@ class Kernel:
         while True:
             await asyncio.sleep(BETWEEN_CALLS_CHECK)
             if self.call is None and self.alive and await asyncio.to_thread(self._has_children):
-                await asyncio.to_thread(self.kill_strays)
+                await asyncio.to_thread(kill_all, lambda: [] if self.call is not None else self._strays())
 
     def _has_children(self) -> bool:
         return bool(children_in_tasks(self.kernel_pid)) or children_in_tasks(self.init_pid) != [self.kernel_pid]
