@@ -57,6 +57,7 @@ class Settings:
     code_disk_mb: int = 256
     code_output_chars: int = 20_000
     code_dir: Path = field(default_factory=lambda: Path("/tmp/assistd-code"))
+    code_files_out_mb: int | None = None  # None: code_disk_mb
 
     @property
     def resolved_database_url(self) -> str:
@@ -110,7 +111,15 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         code_disk_mb=max(1, int(_float(env, "ASSISTD_CODE_DISK_MB", 256))),
         code_output_chars=max(100, int(_float(env, "ASSISTD_CODE_OUTPUT_CHARS", 20_000))),
         code_dir=Path(env.get("ASSISTD_CODE_DIR") or "/tmp/assistd-code"),
+        code_files_out_mb=_files_out_mb(env),
     )
+
+
+def _files_out_mb(env: dict[str, str]) -> int | None:
+    """MB of files one code_interpreter call hands out; unset, the session's disk size."""
+    if not (env.get("ASSISTD_CODE_FILES_OUT_MB") or "").strip():
+        return None
+    return max(0, int(_float(env, "ASSISTD_CODE_FILES_OUT_MB", 0)))
 
 
 def _retrieval(env: dict[str, str]) -> str:

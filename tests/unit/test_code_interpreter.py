@@ -5,6 +5,7 @@ only when this host cannot sandbox."""
 from __future__ import annotations
 
 import ast
+import contextlib
 
 import asyncio
 import os
@@ -356,3 +357,93 @@ print('parent still here')
     output, after = with_pool(root, scenario, limits=Limits(call_seconds=8, memory_bytes=768 * MIB))
     assert "parent still here" in output.logs and "together they used more than 768 MiB" in output.logs
     assert ok(after) == "fine\n"
+
+
+# ---------------------------------------------------------------- what assistd itself must not hold
+
+
+def rss_of_this_process() -> int:
+    return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+FLOOD = """
+import sys, threading
+def flood():
+    chunk = 'x' * (20 * 1024 * 1024)
+    for _ in range(15):  # 300 MiB in all, after the call has returned
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+    open('/mnt/data/flood-done', 'w').close()
+threading.Thread(target=flood, daemon=True).start()
+"""
+
+
+def test_output_flooded_between_calls_is_read_as_it_comes_and_only_output_chars_kept(root: Path) -> None:
+    async def scenario(pool: SessionPool) -> tuple[int, int, Output]:
+        ok(await pool.execute("t1", "print('warm')"))
+        before = peak = rss_of_this_process()
+        ok(await pool.execute("t1", FLOOD))
+        done = pool.sessions["t1"].dirs.data / "flood-done"
+        for _ in range(1800):  # the flood ends by itself; this only bounds a broken one
+            peak = max(peak, rss_of_this_process())
+            if done.exists():
+                break
+            await asyncio.sleep(0.05)
+        for _ in range(20):  # its last messages are read too
+            peak = max(peak, rss_of_this_process())
+            await asyncio.sleep(0.05)
+        return before, peak, await pool.execute("t1", "print('after')")
+
+    before, peak, after = with_pool(root, scenario, limits=Limits(output_chars=1000, memory_bytes=768 * MIB))
+    print(f"assistd's RSS grew by {(peak - before) / MIB:.0f} MiB while the kernel printed 300 MiB between calls")
+    assert peak - before < 48 * MIB
+    assert after.logs.startswith("[printed by the code since its last call returned:]\n" + "x" * 1000)
+    assert "more characters printed since its last call not shown]\n[this call:]\nafter\n" in after.logs
+
+
+def host_processes_ending_with(mark: str) -> list[int]:
+    found = []
+    for entry in os.listdir("/proc"):
+        with contextlib.suppress(OSError):
+            if entry.isdigit() and Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[-2:-1] == [mark.encode()]:
+                found.append(int(entry))
+    return found
+
+
+def test_a_process_started_by_a_background_thread_after_its_call_does_not_live_on(root: Path) -> None:
+    late = ("import subprocess, threading, time\n"
+            "def later():\n    time.sleep(1)\n    subprocess.Popen(['sleep', '4243.5'])\n"
+            "    open('/mnt/data/started', 'w').close()\n"
+            "threading.Thread(target=later, daemon=True).start()")
+
+    async def scenario(pool: SessionPool) -> tuple[bool, list[int]]:
+        ok(await pool.execute("t1", late))
+        started = pool.sessions["t1"].dirs.data / "started"
+        for _ in range(200):  # bounds a thread that never starts it
+            if started.exists():
+                break
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(3)  # the check runs every second
+        return started.exists(), host_processes_ending_with("4243.5")
+
+    try:
+        started, left = with_pool(root, scenario)
+    finally:
+        for pid in host_processes_ending_with("4243.5"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, 9)
+    assert started and left == []
+
+
+def test_a_call_whose_idle_status_is_lost_ends_with_its_reply_not_its_time_limit(root: Path) -> None:
+    # as when the kernel's iopub queue drops messages in a flood: here it never sends "idle"
+    lose_idle = ("kernel = get_ipython().kernel\npublish = kernel._publish_status\n"
+                 "kernel._publish_status = lambda status, *a, **kw: None if status == 'idle' else publish(status, *a, **kw)\n"
+                 "print('no idle from now on')")
+
+    async def scenario(pool: SessionPool) -> tuple[Output, Output]:
+        return await pool.execute("t1", lose_idle), await pool.execute("t1", "1 / 0")
+
+    quiet, failing = with_pool(root, scenario, limits=Limits(call_seconds=20))
+    assert not quiet.timed_out and ok(quiet) == "no idle from now on\n"
+    assert not failing.timed_out and failing.error and "ZeroDivisionError" in failing.logs

@@ -12,6 +12,7 @@ answer carry `file_path` annotations.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import os
@@ -36,6 +37,7 @@ OUTPUT_PURPOSE = "assistants_output"
 PATH_MENTION = re.compile(r"sandbox:/mnt/data/([^\s)\]\"'`]+)")
 WRITTEN_NOTE = "[file written: sandbox:/mnt/data/{name} ({file_id})]"
 WRITTEN = re.compile(r"^\[file written: sandbox:/mnt/data/(.+) \((file-[A-Za-z0-9]+)\)\]$", re.MULTILINE)
+COPY_PIECE = 1 << 20  # bytes read at a time from a written file
 INPUT_KEY = re.compile(r'^\s*\{\s*"code"\s*:\s*"')
 
 FUNCTION: Obj = {
@@ -76,7 +78,8 @@ def open_pool(settings: Settings) -> Any:
         return None
     limits = Limits(memory_bytes=settings.code_memory_mb * 1024 * 1024, cpu_seconds=settings.code_cpu_seconds,
                     processes=settings.code_processes, disk_bytes=settings.code_disk_mb * 1024 * 1024,
-                    output_chars=settings.code_output_chars, call_seconds=settings.code_call_seconds)
+                    output_chars=settings.code_output_chars, call_seconds=settings.code_call_seconds,
+                    files_out_bytes=None if settings.code_files_out_mb is None else settings.code_files_out_mb * 1024 * 1024)
     clear_dead_pools(settings.code_dir)
     root = settings.code_dir / str(os.getpid())  # short (socket paths live under it), one per process
     try:
@@ -198,6 +201,29 @@ async def input_files(files: FileStore, file_ids: list[str]) -> list[tuple[str, 
             continue
         found.append((str(row["filename"]), files.path(file_id)))
     return found
+
+
+# ---------------------------------------------------------------- files out
+
+
+async def store_written(files: FileStore, paths: list[Path]) -> list[tuple[str, str]]:
+    """Each file the code wrote becomes an `assistants_output` File: (name, File id). Streamed
+    in pieces, never read whole (the pool has bounded their total size already)."""
+    return [(path.name, (await store_file(files, path))["id"]) for path in paths]
+
+
+async def store_file(files: FileStore, path: Path) -> Obj:
+    blob = files.blob(o.new_file_id())
+    await blob.open()
+    try:
+        with open(path, "rb") as source:
+            while piece := await asyncio.to_thread(source.read, COPY_PIECE):
+                blob.add(piece)
+                await blob.flush()
+    except BaseException:
+        blob.discard()
+        raise
+    return await files.add(file_row(blob.file_id, path.name, blob.size), blob)
 
 
 # ---------------------------------------------------------------- the call's record

@@ -286,9 +286,7 @@ class RunTurn:
         wanted = await code_tool.input_file_ids(self.rt.store, self.run)
         result = await self.rt.code_pool.execute(self.run["thread_id"], code,
                                                  await code_tool.input_files(files, wanted))
-        written = [(path.name, (await files.add_bytes(path.name, code_tool.OUTPUT_PURPOSE,
-                                                      await asyncio.to_thread(path.read_bytes)))["id"])
-                   for path in result.files]
+        written = await code_tool.store_written(files, result.files)
         logs = "\n".join(part for part in (result.logs, code_tool.written_notes(written)) if part)
         outputs = [code_tool.logs_output(logs)] if logs else []
         for number, png in enumerate(result.images):

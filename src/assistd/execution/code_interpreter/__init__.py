@@ -4,13 +4,15 @@
         None if this host can sandbox; else a one-line reason. assistd must then not offer
         the tool (and log the reason at start). Code is never run unsandboxed.
 
-    Limits(memory_bytes=1 GiB, cpu_seconds=60, processes=64, disk_bytes=256 MiB,
-           output_chars=20_000, call_seconds=120.0)
+    Limits(memory_bytes=1 GiB, cpu_seconds=600, processes=64, disk_bytes=256 MiB,
+           output_chars=20_000, call_seconds=120.0, files_out_bytes=None (= disk_bytes))
 
     Output(logs: str, images: list[bytes] (PNG), files: list[Path], error: bool,
            timed_out: bool, restarted: bool)
         files: host copies of the files this call created or changed under /mnt/data, valid
-        until the key's next call or the end of its session (copy them away).
+        until the key's next call or the end of its session (copy them away, in pieces). At
+        most limits.files_out_budget bytes by apparent size and 100 files; the others are
+        named in logs.
         restarted: the key had a session before and it ended (died, idle, evicted); its
         variables are gone and the model should be told (logs start with a note saying so).
 

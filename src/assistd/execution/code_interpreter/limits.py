@@ -18,6 +18,11 @@ class Limits:
     disk_bytes: int = 256 * MIB  # /mnt/data, /tmp, /dev/shm and $HOME together (one tmpfs)
     output_chars: int = 20_000  # logs longer than this are cut, saying so
     call_seconds: float = 120.0  # wall clock per call; then the kernel is interrupted
+    files_out_bytes: int | None = None  # files handed out per call, by apparent size; None: disk_bytes
+
+    @property
+    def files_out_budget(self) -> int:
+        return self.disk_bytes if self.files_out_bytes is None else self.files_out_bytes
 
 
 @dataclass

@@ -4,12 +4,14 @@ Each session gets one size-limited tmpfs on the host (`<root>/sessions/<id>`, mo
 assistd, which therefore runs as root); its subfolders are bound into the sandbox as
 /mnt/data, /tmp, /dev/shm, $HOME and /run/kernel (the kernel's ZMQ unix sockets). The kernel
 runs under an unprivileged uid of its own inside new user, pid, net, ipc, uts, mount and cgroup
-namespaces; the only other things it sees are /usr (and the /lib, /bin links) and the
-sandbox Python, read-only.
+namespaces (and can make no nested ones); the only other things it sees are /usr (and the
+/lib, /bin links) and the sandbox Python, read-only. bwrap's own root is read-only too, and a
+seccomp filter refuses memory that lives on no filesystem (seccomp.py).
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import functools
 import json
@@ -18,9 +20,11 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from assistd.execution.code_interpreter import seccomp
 from assistd.execution.code_interpreter.limits import Limits
 
 SANDBOX_UID = int(os.environ.get("ASSISTD_CODE_UID", "65533"))  # host uid of every kernel
@@ -133,15 +137,32 @@ def _system_mounts() -> list[str]:
     return args
 
 
-def bwrap_argv(python: Path, binds: dict[str, Path], command: list[str]) -> list[str]:
-    """The bwrap command line: new namespaces for everything, nothing shared but `binds`."""
-    args = ["bwrap", "--unshare-all", "--die-with-parent", "--new-session",
+def bwrap_argv(python: Path, binds: dict[str, Path], command: list[str], seccomp_fd: int | None = None) -> list[str]:
+    """The bwrap command line: new namespaces for everything, nothing shared but `binds`, and
+    nothing writable but `binds`. No nested user namespace: without one the code can make no
+    other namespace either, so every process it starts stays in the sandbox's pid namespace,
+    where the end-of-call kill and the memory watchdog see it."""
+    args = ["bwrap", "--unshare-all", "--unshare-user", "--disable-userns", "--die-with-parent", "--new-session",
             "--uid", str(INNER_UID), "--gid", str(INNER_UID), "--hostname", "sandbox",
             *_system_mounts(), "--ro-bind", str(python), PYTHON_INSIDE,
             "--proc", "/proc", "--dev", "/dev"]
     for inside, host in binds.items():
         args += ["--bind", str(host), inside]
-    return [*args, "--remount-ro", "/dev", "--chdir", DATA_INSIDE if DATA_INSIDE in binds else "/", *command]
+    if seccomp_fd is not None:
+        args += ["--seccomp", str(seccomp_fd)]
+    # bwrap's own root is an uncapped tmpfs (/, /etc, /opt, /run…): read-only, binds stay writable
+    return [*args, "--remount-ro", "/dev", "--remount-ro", "/", "--chdir", DATA_INSIDE if DATA_INSIDE in binds else "/", *command]
+
+
+@contextlib.contextmanager
+def seccomp_filter() -> Iterator[int | None]:
+    """An fd with the sandbox's seccomp program for bwrap (None where there is none), closed after."""
+    fd = seccomp.program_fd()
+    try:
+        yield fd
+    finally:
+        if fd is not None:
+            os.close(fd)
 
 
 def kernel_command(limits: Limits, connection_file: str) -> list[str]:
@@ -224,12 +245,14 @@ def _probe_problem(python: Path) -> str | None:
 
 def _run_probe(python: Path, dirs: SessionDirs) -> str | None:
     code = "import ipykernel, numpy, pandas, matplotlib, matplotlib_inline"
-    argv = bwrap_argv(python, dirs.binds, [f"{PYTHON_INSIDE}/bin/python", "-c", code])
-    try:
-        done = subprocess.run(argv, env=sandbox_env(), user=SANDBOX_UID, group=SANDBOX_UID, extra_groups=[],
-                              capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        return f"bubblewrap could not start a sandbox: {exc}"
+    with seccomp_filter() as fd:
+        argv = bwrap_argv(python, dirs.binds, [f"{PYTHON_INSIDE}/bin/python", "-c", code], fd)
+        try:
+            done = subprocess.run(argv, env=sandbox_env(), user=SANDBOX_UID, group=SANDBOX_UID, extra_groups=[],
+                                  capture_output=True, text=True, timeout=60, check=False, stdin=subprocess.DEVNULL,
+                                  pass_fds=() if fd is None else (fd,))
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"bubblewrap could not start a sandbox: {exc}"
     if done.returncode != 0:
         last = (done.stderr.strip().splitlines() or ["exit status " + str(done.returncode)])[-1]
         return f"a test sandbox failed: {last}"

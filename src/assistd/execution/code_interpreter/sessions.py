@@ -70,7 +70,7 @@ class Session:
             return Output(logs=sink.logs(), error=True, restarted=restarted)
         before = await asyncio.to_thread(outputs.snapshot, self.dirs.data)
         timed_out = await self._run(code, sink)
-        files = await asyncio.to_thread(self._files_since, before)
+        files = await asyncio.to_thread(self._files_since, before, sink)
         return Output(logs=sink.logs(), images=sink.images, files=files, error=sink.error,
                       timed_out=timed_out, restarted=restarted)
 
@@ -95,7 +95,7 @@ class Session:
         """Run the cell within the call's time limit; True if it had to be stopped."""
         assert self.kernel is not None
         kernel = self.kernel
-        msg_id = await kernel.submit(code)
+        msg_id = await kernel.submit(code, sink)
         timed_out = False
         try:
             await asyncio.wait_for(kernel.collect(msg_id, sink), self.limits.call_seconds)
@@ -131,11 +131,15 @@ class Session:
         if not kernel.alive and not self.ended_because:
             self.ended_because = "it was stopped after a call it did not finish"
 
-    def _files_since(self, before: outputs.Snapshot) -> list[Path]:
+    def _files_since(self, before: outputs.Snapshot, sink: Sink) -> list[Path]:
         self.calls += 1
         shutil.rmtree(self.outbox, ignore_errors=True)  # the previous call's copies
         names = outputs.changed(before, outputs.snapshot(self.dirs.data))
-        return outputs.copy_out(self.dirs.data, names, self.outbox / str(self.calls))
+        budget = self.limits.files_out_budget
+        handout = outputs.copy_out(self.dirs.data, names, self.outbox / str(self.calls), budget)
+        if handout.left_out:
+            sink.note(outputs.left_out_note(handout.left_out, budget))
+        return handout.copies
 
 
 class SessionPool:
