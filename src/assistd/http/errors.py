@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from assistd.domain.errors import ApiError, invalid
+from assistd.http.json_checks import check_json
 from assistd.storage.pages import UnknownCursor
 
 log = logging.getLogger("assistd.http")
@@ -81,7 +82,7 @@ async def read_json(request: Request) -> dict[str, object]:
         return {}
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise invalid(
             "We could not parse the JSON body of your request. (HINT: This likely means you "
             "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, "
@@ -89,4 +90,5 @@ async def read_json(request: Request) -> dict[str, object]:
         ) from exc
     if not isinstance(body, dict):
         raise invalid("The request body must be a JSON object.")
+    check_json(body)
     return body
