@@ -88,7 +88,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if self.phase == HEAD:
             self.head_bytes += len(data)
             if self.head_bytes > MAX_HEAD_BYTES and not self.transport.is_closing():
-                self._close("request head over %d bytes" % MAX_HEAD_BYTES)
+                self._close(f"request head over {MAX_HEAD_BYTES} bytes")
 
     # ------------------------------------------------------------ parser callbacks
 
@@ -125,7 +125,7 @@ class GuardedProtocol(HttpToolsProtocol):
 
     def _head_expired(self) -> None:
         self.deadline = None
-        self._close("request head not complete within %gs" % self.limits.header_timeout)
+        self._close(f"request head not complete within {self.limits.header_timeout:g}s")
 
     def _body_check(self) -> None:
         self.deadline = None
@@ -135,7 +135,7 @@ class GuardedProtocol(HttpToolsProtocol):
         if left > 0:
             self.deadline = self.loop.call_later(left, self._body_check)
             return
-        self._close("no request body data for %gs" % self.limits.body_timeout)
+        self._close(f"no request body data for {self.limits.body_timeout:g}s")
 
     def _close(self, reason: str) -> None:
         _CapLog.note(reason)
@@ -146,9 +146,9 @@ class GuardedProtocol(HttpToolsProtocol):
     def _make_room(self) -> None:
         victim = _oldest_evictable(self.connections, exclude=self)
         if victim is None:
-            self._close("connection cap %d reached, all busy" % self.limits.max_connections)
+            self._close(f"connection cap {self.limits.max_connections} reached, all busy")
         else:
-            victim._close("connection cap %d reached" % self.limits.max_connections)
+            victim._close(f"connection cap {self.limits.max_connections} reached")
 
 
 def _oldest_evictable(connections: set[Any], exclude: GuardedProtocol) -> GuardedProtocol | None:
