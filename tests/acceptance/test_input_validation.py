@@ -128,6 +128,8 @@ def test_json_nested_past_the_parsers_recursion_limit_is_a_400(conn: KeptAlive) 
 def test_tool_resources_of_the_wrong_shape_are_a_400(conn: KeptAlive, resources: str, param: str) -> None:
     assistant = created(conn, "/assistants", {"model": "m"})
     thread = created(conn, "/threads", {})
+    _, data = conn.send("POST", "/assistants", f'{{"model": "m", "tool_resources": {resources}}}')
+    assert "Resources" not in data["error"]["message"]  # no class names of ours
     for method, path, body in [
         ("POST", "/assistants", f'{{"model": "m", "tool_resources": {resources}}}'),
         ("POST", f"/assistants/{assistant}", f'{{"tool_resources": {resources}}}'),

@@ -31,6 +31,11 @@ def _param(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def _json_kind(value: object) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+    return "null" if value is None else names.get(type(value), "a value")
+
+
 def from_validation(exc: ValidationError) -> ApiError:
     """The first problem pydantic found, worded like OpenAI's validation errors."""
     first = exc.errors(include_url=False)[0]
@@ -38,6 +43,9 @@ def from_validation(exc: ValidationError) -> ApiError:
     kind = first["type"]
     if kind == "missing":
         return invalid(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
+    if kind in ("model_type", "model_attributes_type", "dict_type"):  # not our class names
+        return invalid(f"Invalid type for '{param}': expected an object, but got "
+                       f"{_json_kind(first['input'])} instead.", param, "invalid_type")
     if kind.endswith("_type") or kind in ("model_attributes_type", "dict_type", "list_type"):
         return invalid(f"Invalid type for '{param}': {first['msg']}.", param, "invalid_type")
     message = first["msg"].removeprefix("Value error, ")
