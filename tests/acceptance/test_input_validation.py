@@ -211,3 +211,23 @@ def test_hostile_values_for_every_body_field_never_get_a_5xx(conn: KeptAlive) ->
                 assert status < 500, (path, prop, value, data)
                 tried += 1
     assert tried > 300
+
+
+# ------------------------------------------------------------------ an unexpected error
+
+
+def test_the_connection_stays_usable_after_an_unexpected_error(make_server: Any) -> None:
+    server = make_server()
+    # A fault no input can cause: the database refuses every new thread.
+    if server.env.get("ASSISTD_DATABASE_URL", "").startswith("postgres"):
+        server.sql("ALTER TABLE threads ADD CONSTRAINT test_fault CHECK (false) NOT VALID")
+    else:
+        server.sql("CREATE TRIGGER test_fault BEFORE INSERT ON threads BEGIN SELECT RAISE(ABORT, 'test fault'); END")
+    kept = KeptAlive(server)
+    try:
+        status, data = kept.send("POST", "/threads", "{}")
+        assert status >= 500 and data["error"]["type"] == "server_error", data
+        assert kept.send("GET", "/assistants?limit=1")[0] == 200
+    finally:
+        kept.close()
+    assert server.log_text().count("Traceback") <= 1
