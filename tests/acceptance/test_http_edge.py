@@ -131,14 +131,14 @@ def test_clients_that_disconnect_mid_body_are_one_log_line_each_and_no_traceback
             b"Content-Length: 1000\r\n\r\n{\"metadata\": {")
     before = server.log_text()
     with sockets(50, server, head):
-        time.sleep(0.5)  # let the server start on each request before the clients leave
+        time.sleep(0.5)  # most requests reach the app first (the rest are answered as gone: same line)
     assert healthz(server) == 200
 
     def new_log() -> str:
         return server.log_text()[len(before):]
 
     wait_until(lambda: "Traceback" in new_log() or new_log().count("client went away") >= 50,
-               what="a line per disconnect")
+               timeout=30, what="a line per disconnect")
     assert "Traceback" not in new_log()
     assert len(new_log().splitlines()) <= 50 + 2
 
