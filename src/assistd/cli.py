@@ -53,12 +53,23 @@ def _serve(settings: Settings, host: str, port: int, with_worker: bool) -> int:
     if not with_worker and (problem := split_role_problem(settings)):
         log.error("`assistd serve --no-worker` %s", problem)
         return 2
-    from assistd.http.app import create_app
+    server = uvicorn.Server(_server_config(settings, host, port, with_worker))
+    server.run()
+    return 0 if server.started else 3  # as uvicorn.run: it could not start (port taken, say)
 
-    uvicorn.run(
+
+def _server_config(settings: Settings, host: str, port: int, with_worker: bool) -> uvicorn.Config:
+    """uvicorn's settings, with header/body read timeouts and a connection cap (http/connections)."""
+    from assistd.http.app import create_app
+    from assistd.http.connections import EdgeLimits, server_config
+
+    limits = EdgeLimits(settings.http_header_timeout, settings.http_body_timeout,
+                        settings.http_max_connections)
+    return server_config(
         create_app(settings, with_worker=with_worker),
         host=host,
         port=port,
+        limits=limits,
         log_level="info",
         access_log=False,
         timeout_graceful_shutdown=int(settings.shutdown_grace_seconds) + 1,
@@ -66,7 +77,6 @@ def _serve(settings: Settings, host: str, port: int, with_worker: bool) -> int:
         # default races with a client sending its next request on them (a reset at the client).
         timeout_keep_alive=KEEP_ALIVE_SECONDS,
     )
-    return 0
 
 
 async def _migrate(settings: Settings) -> None:

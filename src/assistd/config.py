@@ -8,6 +8,8 @@ from pathlib import Path
 
 OPENAI_BASE_URL = "https://api.openai.com/v1"
 MAX_UPLOAD_BYTES = 512 * 1024 * 1024  # OpenAI's own limit per file
+# A JSON body: room for a thread made with many messages of 256,000 characters each.
+MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 def _csv(value: str | None) -> tuple[str, ...]:
@@ -58,6 +60,10 @@ class Settings:
     code_output_chars: int = 20_000
     code_dir: Path = field(default_factory=lambda: Path("/tmp/assistd-code"))
     code_files_out_mb: int | None = None  # None: code_disk_mb
+    http_header_timeout: float = 10.0
+    http_body_timeout: float = 30.0
+    http_max_connections: int = 1000
+    max_body_bytes: int = MAX_BODY_BYTES
 
     @property
     def resolved_database_url(self) -> str:
@@ -112,6 +118,10 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         code_output_chars=max(100, int(_float(env, "ASSISTD_CODE_OUTPUT_CHARS", 20_000))),
         code_dir=Path(env.get("ASSISTD_CODE_DIR") or "/tmp/assistd-code"),
         code_files_out_mb=_files_out_mb(env),
+        http_header_timeout=max(0.1, _float(env, "ASSISTD_HTTP_HEADER_TIMEOUT", 10.0)),
+        http_body_timeout=max(0.1, _float(env, "ASSISTD_HTTP_BODY_TIMEOUT", 30.0)),
+        http_max_connections=max(16, int(_float(env, "ASSISTD_HTTP_MAX_CONNECTIONS", 1000))),
+        max_body_bytes=max(1024, int(_float(env, "ASSISTD_MAX_BODY_BYTES", MAX_BODY_BYTES))),
     )
 
 

@@ -21,6 +21,7 @@ from assistd.execution.sweeper import Sweeper
 from assistd.execution.worker import Worker
 from assistd.http import assistants, files, runs, threads, vector_stores
 from assistd.http.auth import ApiKeyMiddleware
+from assistd.http.edge import EdgeMiddleware
 from assistd.http.errors import (
     api_error_handler,
     cursor_handler,
@@ -66,8 +67,12 @@ def create_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
             Mount("/v1", routes=[*assistants.routes, *files.routes, *runs.routes, *threads.routes,
                                  *vector_stores.routes]),
         ],
-        # The console's pages are public (they hold no data), so they are served before the key check.
-        middleware=[Middleware(ConsoleMiddleware), Middleware(ApiKeyMiddleware, keys=settings.api_keys)],
+        # The console's pages are public (they hold no data), so they are served before the key
+        # check; the edge checks (Host, Content-Type, body size) come first for everything.
+        middleware=[Middleware(EdgeMiddleware, loopback_only=not settings.api_keys,
+                               max_body_bytes=settings.max_body_bytes),
+                    Middleware(ConsoleMiddleware),
+                    Middleware(ApiKeyMiddleware, keys=settings.api_keys)],
         exception_handlers={
             ApiError: api_error_handler,
             ValidationError: validation_handler,

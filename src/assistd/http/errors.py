@@ -11,6 +11,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from assistd.domain.errors import ApiError, invalid
+from assistd.http.json_checks import check_json
 from assistd.storage.pages import UnknownCursor
 
 log = logging.getLogger("assistd.http")
@@ -30,6 +31,11 @@ def _param(loc: tuple[int | str, ...]) -> str:
     return out
 
 
+def _json_kind(value: object) -> str:
+    names = {list: "an array", str: "a string", bool: "a boolean", int: "an integer", float: "a number"}
+    return "null" if value is None else names.get(type(value), "a value")
+
+
 def from_validation(exc: ValidationError) -> ApiError:
     """The first problem pydantic found, worded like OpenAI's validation errors."""
     first = exc.errors(include_url=False)[0]
@@ -37,6 +43,9 @@ def from_validation(exc: ValidationError) -> ApiError:
     kind = first["type"]
     if kind == "missing":
         return invalid(f"Missing required parameter: '{param}'.", param, "missing_required_parameter")
+    if kind in ("model_type", "model_attributes_type", "dict_type"):  # not our class names
+        return invalid(f"Invalid type for '{param}': expected an object, but got "
+                       f"{_json_kind(first['input'])} instead.", param, "invalid_type")
     if kind.endswith("_type") or kind in ("model_attributes_type", "dict_type", "list_type"):
         return invalid(f"Invalid type for '{param}': {first['msg']}.", param, "invalid_type")
     message = first["msg"].removeprefix("Value error, ")
@@ -81,7 +90,7 @@ async def read_json(request: Request) -> dict[str, object]:
         return {}
     try:
         body = json.loads(raw)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+    except (json.JSONDecodeError, UnicodeDecodeError, RecursionError) as exc:
         raise invalid(
             "We could not parse the JSON body of your request. (HINT: This likely means you "
             "aren't using your HTTP library correctly. The OpenAI API expects a JSON payload, "
@@ -89,4 +98,5 @@ async def read_json(request: Request) -> dict[str, object]:
         ) from exc
     if not isinstance(body, dict):
         raise invalid("The request body must be a JSON object.")
+    check_json(body)
     return body

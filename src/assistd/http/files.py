@@ -19,6 +19,7 @@ from starlette.routing import Route
 from assistd.domain.errors import ApiError, invalid
 from assistd.domain.objects import new_file_id, new_file_row
 from assistd.http.common import ok, page, path, runtime
+from assistd.http.json_checks import check_json
 from assistd.http.models import ListQuery, Model
 from assistd.storage.files import Blob, FileStore
 
@@ -186,6 +187,7 @@ async def _receive(request: Request, blob: Blob, limit: int) -> dict[str, Any]:
     form = FileCreate.model_validate(_nest(reader.fields))
     if reader.filename is None:
         raise invalid("Missing required parameter: 'file'.", "file", "missing_required_parameter")
+    check_json({"file": reader.filename})  # a NUL in its name: PostgreSQL's text can't hold it
     seconds = form.expires_after.seconds if form.expires_after else None
     return new_file_row(blob.file_id, reader.filename, form.purpose, blob.size, seconds)
 

@@ -115,12 +115,40 @@ TokenBudget = Annotated[int, Field(ge=256)]
 Tools = Annotated[list[Tool], Field(max_length=128)]
 
 
+MAX_CONTENT_CHARS = 256_000  # OpenAI's limit on a message's text
+
+
+class CodeInterpreterResources(Model):
+    file_ids: Annotated[list[str], Field(max_length=20)] | None = None
+
+
+class VectorStoreHelper(Model):
+    model_config = ConfigDict(extra="allow")
+    file_ids: list[str] | None = None
+    chunking_strategy: dict[str, Any] | None = None
+    metadata: Metadata | None = None
+
+    _metadata = field_validator("metadata")(check_metadata)
+
+
+class FileSearchResources(Model):
+    vector_store_ids: list[str] | None = None
+    vector_stores: list[VectorStoreHelper] | None = None
+
+
+class ToolResources(Model):
+    """`tool_resources`, by shape only: which ids exist is checked where they are used."""
+
+    code_interpreter: CodeInterpreterResources | None = None
+    file_search: FileSearchResources | None = None
+
+
 class AssistantFields(WithMetadata):
     name: str | None = Field(default=None, max_length=256)
     description: str | None = Field(default=None, max_length=512)
     instructions: str | None = Field(default=None, max_length=256_000)
     tools: Tools | None = None
-    tool_resources: dict[str, Any] | None = None
+    tool_resources: ToolResources | None = None
     temperature: Temperature | None = None
     top_p: TopP | None = None
     response_format: ResponseFormat | None = None
@@ -173,14 +201,25 @@ class MessageCreate(WithMetadata):
     content: str | Annotated[list[ContentPart], Field(min_length=1)]
     attachments: list[Attachment] | None = None
 
+    @field_validator("content")
+    @classmethod
+    def _text_within_limit(cls, value: str | list[Any]) -> str | list[Any]:
+        if isinstance(value, str):
+            chars = len(value)
+        else:
+            chars = sum(len(part.text) for part in value if isinstance(part, TextPart))
+        if chars > MAX_CONTENT_CHARS:
+            raise ValueError(f"the text has {chars} characters, more than the {MAX_CONTENT_CHARS} allowed")
+        return value
+
 
 class ThreadCreate(WithMetadata):
     messages: list[MessageCreate] | None = None
-    tool_resources: dict[str, Any] | None = None
+    tool_resources: ToolResources | None = None
 
 
 class ThreadModify(WithMetadata):
-    tool_resources: dict[str, Any] | None = None
+    tool_resources: ToolResources | None = None
 
 
 class MetadataModify(WithMetadata):
@@ -219,7 +258,7 @@ class RunCreate(RunSettings):
 
 class ThreadAndRunCreate(RunSettings):
     thread: ThreadCreate | None = None
-    tool_resources: dict[str, Any] | None = None
+    tool_resources: ToolResources | None = None
 
 
 class ToolOutput(Model):
