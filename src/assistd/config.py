@@ -57,6 +57,8 @@ class Settings:
     code_disk_mb: int = 256
     code_output_chars: int = 20_000
     code_dir: Path = field(default_factory=lambda: Path("/tmp/assistd-code"))
+    ingest_memory_mb: int = 1024
+    ingest_seconds: float = 300.0
 
     @property
     def resolved_database_url(self) -> str:
@@ -110,6 +112,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         code_disk_mb=max(1, int(_float(env, "ASSISTD_CODE_DISK_MB", 256))),
         code_output_chars=max(100, int(_float(env, "ASSISTD_CODE_OUTPUT_CHARS", 20_000))),
         code_dir=Path(env.get("ASSISTD_CODE_DIR") or "/tmp/assistd-code"),
+        ingest_memory_mb=max(64, int(_float(env, "ASSISTD_INGEST_MEMORY_MB", 1024))),
+        ingest_seconds=max(1.0, _float(env, "ASSISTD_INGEST_SECONDS", 300.0)),
     )
 
 
