@@ -59,6 +59,7 @@ class Settings:
     code_dir: Path = field(default_factory=lambda: Path("/tmp/assistd-code"))
     ingest_memory_mb: int = 1024
     ingest_seconds: float = 300.0
+    disk_reserve_mb: int = 64
 
     @property
     def resolved_database_url(self) -> str:
@@ -114,6 +115,7 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         code_dir=Path(env.get("ASSISTD_CODE_DIR") or "/tmp/assistd-code"),
         ingest_memory_mb=max(64, int(_float(env, "ASSISTD_INGEST_MEMORY_MB", 1024))),
         ingest_seconds=max(1.0, _float(env, "ASSISTD_INGEST_SECONDS", 300.0)),
+        disk_reserve_mb=max(0, int(_float(env, "ASSISTD_DISK_RESERVE_MB", 64))),
     )
 
 

@@ -26,6 +26,7 @@ from assistd.execution.embeddings import EmbeddingError
 from assistd.execution.extract import ExtractionError
 from assistd.execution.runtime import Runtime
 from assistd.storage.files import FileStore
+from assistd.storage.space import is_disk_full
 from assistd.storage.vector_stores import VectorStoreStore
 
 log = logging.getLogger("assistd.ingest")
@@ -131,8 +132,19 @@ class Ingester:
                 await self.store.fail_file(self.holder, vs_id, file_id, {"code": "server_error", "message": str(exc)})
                 return
         model = embedder.model if embedder is not None else None
-        if await self.store.finish_file(self.holder, vs_id, file_id, chunks, vectors, model):
-            log.info("ingested %s into %s: %d chunks", file_id, vs_id, len(chunks))
+        await self._finish(claimed, chunks, vectors, model)
+
+    async def _finish(self, claimed: Claimed, chunks: list[str], vectors: Any, model: str | None) -> None:
+        vs_id, file_id = claimed.vector_store_id, claimed.file_id
+        try:
+            if await self.store.finish_file(self.holder, vs_id, file_id, chunks, vectors, model):
+                log.info("ingested %s into %s: %d chunks", file_id, vs_id, len(chunks))
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            log.error("storing the chunks of %s failed, the disk is full: %s", file_id, exc)
+            await self.store.fail_file(self.holder, vs_id, file_id, {
+                "code": "server_error", "message": "The server's data disk is full: the file's chunks could not be stored."})
 
     async def _filename(self, file_id: str) -> str:
         row = await self.store.db.fetchone("SELECT filename FROM files WHERE id = :f", f=file_id)
