@@ -54,7 +54,7 @@ def _strategy() -> dict[str, Any]:
 
 
 def _chunks(text: str) -> int:
-    from assistd.execution.ingest import chunk_text
+    from assistd.execution.extract import chunk_text
 
     return len(chunk_text(text, CHUNK_TOKENS, 0))
 
@@ -101,7 +101,7 @@ def plan(pages: list[Page]) -> list[Step]:
 
 def time_in_process(step: Step) -> None:
     """The baseline: the same files written to disk, then read, extracted and chunked here."""
-    from assistd.execution.ingest import prepare
+    from assistd.execution.extract import prepare
 
     with tempfile.TemporaryDirectory(prefix="assistd-bench-speed-") as tmp:
         paths = []

@@ -64,6 +64,9 @@ class Settings:
     http_body_timeout: float = 30.0
     http_max_connections: int = 1000
     max_body_bytes: int = MAX_BODY_BYTES
+    ingest_memory_mb: int = 1024
+    ingest_seconds: float = 300.0
+    disk_reserve_mb: int = 64
 
     @property
     def resolved_database_url(self) -> str:
@@ -122,6 +125,9 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         http_body_timeout=max(0.1, _float(env, "ASSISTD_HTTP_BODY_TIMEOUT", 30.0)),
         http_max_connections=max(16, int(_float(env, "ASSISTD_HTTP_MAX_CONNECTIONS", 1000))),
         max_body_bytes=max(1024, int(_float(env, "ASSISTD_MAX_BODY_BYTES", MAX_BODY_BYTES))),
+        ingest_memory_mb=max(64, int(_float(env, "ASSISTD_INGEST_MEMORY_MB", 1024))),
+        ingest_seconds=max(1.0, _float(env, "ASSISTD_INGEST_SECONDS", 300.0)),
+        disk_reserve_mb=max(0, int(_float(env, "ASSISTD_DISK_RESERVE_MB", 64))),
     )
 
 

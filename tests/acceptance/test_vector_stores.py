@@ -5,7 +5,9 @@ from __future__ import annotations
 import io
 import re
 import time
+import zipfile
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -390,3 +392,89 @@ def test_an_expired_store_refuses_use_fails_its_runs_and_loses_its_chunks(
             time.sleep(0.1)
         assert chunks(client, store.id, file_id) == []
         assert client.vector_stores.retrieve(store.id).status == "expired"
+
+
+# ---------------------------------------------------------------- hostile files
+
+WORD_RELS = ('<Relationships xmlns="http://schemas.openxmlformats.org/package/2006/relationships">'
+             '<Relationship Id="rId1" Target="word/document.xml" '
+             'Type="http://schemas.openxmlformats.org/officeDocument/2006/relationships/officeDocument"/>'
+             '</Relationships>')
+CONTENT_TYPES = ('<Types xmlns="http://schemas.openxmlformats.org/package/2006/content-types">'
+                 '<Default Extension="rels" ContentType="application/vnd.openxmlformats-package.relationships+xml"/>'
+                 '<Override PartName="/word/document.xml" ContentType="application/'
+                 'vnd.openxmlformats-officedocument.wordprocessingml.document.main+xml"/></Types>')
+
+
+def word_of_tiny_paragraphs(count: int) -> bytes:
+    """A .docx of `count` one-letter paragraphs: about 100 KB that inflate to 35 bytes a paragraph."""
+    body = b"<w:p><w:r><w:t>x</w:t></w:r></w:p>" * count
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("[Content_Types].xml", CONTENT_TYPES)
+        archive.writestr("_rels/.rels", WORD_RELS)
+        archive.writestr("word/document.xml", b'<w:document xmlns:w="http://schemas.openxmlformats.org/'
+                         b'wordprocessingml/2006/main"><w:body>' + body + b"</w:body></w:document>")
+    return out.getvalue()
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The process's peak resident memory (VmHWM), in MB."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise AssertionError("no VmHWM in /proc status")
+
+
+@pytest.mark.slow
+def test_a_word_document_inflating_to_a_million_paragraphs_is_ingested_while_the_api_answers(
+        make_server: Callable[..., AssistdServer]) -> None:
+    server = make_server()
+    assert server.pid is not None
+    with server.client() as client:
+        bomb = word_of_tiny_paragraphs(1_000_000)
+        assert len(bomb) < 200_000
+        file_id = upload(client, "bomb.docx", bomb)
+        baseline = peak_rss_mb(server.pid)
+        store = client.vector_stores.create(file_ids=[file_id])
+        deadline, answered = time.monotonic() + 90, 0
+        while (attached := client.vector_stores.files.retrieve(file_id, vector_store_id=store.id)).status == "in_progress":
+            assert [f.id for f in client.files.list()] == [file_id]  # the API answers meanwhile
+            answered += 1
+            assert time.monotonic() < deadline, "still ingesting after 90 s"
+            time.sleep(0.05)
+        assert attached.status == "completed", attached.last_error
+        assert attached.usage_bytes > 1_000_000
+        assert set(found_ids(client, store.id, "x")) == {file_id}
+        grown = peak_rss_mb(server.pid) - baseline
+        # parsed in the server (python-docx), this document took 700 MB and blocked GETs for seconds
+        assert grown < 100, f"the server's peak memory grew by {grown:.0f} MB"
+        assert answered > 0
+
+
+def test_a_file_over_openais_5_million_tokens_fails_with_a_clear_last_error(client: openai.OpenAI) -> None:
+    big = upload(client, "dots.txt", b"." * 5_000_001)  # each dot is a token
+    quokka = upload(client, "quokka.txt", QUOKKA)
+    store = wait_ingested(client, client.vector_stores.create(file_ids=[big, quokka]).id, timeout=60)
+    assert (store.file_counts.completed, store.file_counts.failed) == (1, 1)
+    failed = client.vector_stores.files.retrieve(big, vector_store_id=store.id)
+    assert failed.status == "failed" and failed.last_error is not None
+    assert failed.last_error.code == "invalid_file"
+    assert failed.last_error.message == "The file has more than 5,000,000 tokens, the most a file may have."
+    assert chunks(client, store.id, big) == []
+
+
+def test_a_parser_that_needs_more_than_the_memory_limit_fails_the_file_not_the_server(
+        make_server: Callable[..., AssistdServer]) -> None:
+    server = make_server(env={"ASSISTD_INGEST_MEMORY_MB": "64"})
+    word = b"a" * (40 << 20)  # one 40 MB token: small for the token limit, large for 64 MB
+    with server.client() as client:
+        ids = [upload(client, "one-word.txt", word), upload(client, "big.pdf", minimal_pdf(word.decode())),
+               upload(client, "quokka.txt", QUOKKA)]
+        store = wait_ingested(client, client.vector_stores.create(file_ids=ids).id, timeout=60)
+        assert (store.file_counts.completed, store.file_counts.failed) == (1, 2)
+        for file_id in ids[:2]:
+            failed = client.vector_stores.files.retrieve(file_id, vector_store_id=store.id)
+            assert failed.last_error is not None and failed.last_error.code == "invalid_file"
+            assert failed.last_error.message == "The file needs more than 64 MB of memory to be processed."
+        assert found_ids(client, store.id, "quokka") == [ids[2]]

@@ -130,6 +130,7 @@ class AssistdServer:
             "ASSISTD_DATA_DIR": str(self.data_dir),
             "ASSISTD_UPSTREAM_BASE_URL": upstream_url,
             "ASSISTD_UPSTREAM_API_KEY": "upstream-key",
+            "ASSISTD_DISK_RESERVE_MB": "1",  # not 64 MB of disk for each of a session's servers
             **({"ASSISTD_DATABASE_URL": database_url} if database_url else {}),
             **(env or {}),
         }

@@ -17,8 +17,9 @@ from assistd.execution.retrieval import Retriever
 from assistd.execution.signals import LocalSignals, PostgresSignals, Signals
 from assistd.execution.upstream import Upstream
 from assistd.storage import pgvector
-from assistd.storage.db import open_database
+from assistd.storage.db import SQLiteDatabase, open_database
 from assistd.storage.migrate import migrate
+from assistd.storage.space import DiskReserve
 from assistd.storage.store import Store
 
 log = logging.getLogger("assistd")
@@ -33,6 +34,7 @@ class Runtime:
     upstream: Upstream
     embedder: UpstreamEmbedder | LocalEmbedder | None = None
     code_pool: Any = None  # the code_interpreter sessions, in processes that execute runs and can sandbox
+    disk_reserve: DiskReserve | None = None  # SQLite: room for deletes on a full data disk
 
     @property
     def retriever(self) -> Retriever:
@@ -72,7 +74,11 @@ async def open_runtime(settings: Settings) -> Runtime:
     except BaseException:
         await db.close()
         raise
-    return Runtime(settings, Store(db), broker, signals, Upstream(settings), open_embedder(settings))
+    rt = Runtime(settings, Store(db), broker, signals, Upstream(settings), open_embedder(settings))
+    if isinstance(db, SQLiteDatabase):  # beside the database file: its journal is what needs the room
+        rt.disk_reserve = DiskReserve(db.path.parent, settings.disk_reserve_mb << 20)
+        await rt.disk_reserve.keep()
+    return rt
 
 
 async def close_runtime(rt: Runtime) -> None:

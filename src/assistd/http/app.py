@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -78,6 +79,9 @@ def create_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
             ValidationError: validation_handler,
             UnknownCursor: cursor_handler,
             HTTPException: http_error_handler,
+            # answered without closing the connection, as the catch-all below does (a full disk: 507)
+            OSError: unexpected_handler,
+            sqlite3.Error: unexpected_handler,
             Exception: unexpected_handler,
         },
         lifespan=lifespan,

@@ -13,6 +13,7 @@ from starlette.responses import JSONResponse, Response
 from assistd.domain.errors import ApiError, invalid
 from assistd.http.json_checks import check_json
 from assistd.storage.pages import UnknownCursor
+from assistd.storage.space import disk_full_error, is_disk_full
 
 log = logging.getLogger("assistd.http")
 
@@ -78,7 +79,11 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     return error_response(ApiError(exc.status_code, message))
 
 
-async def unexpected_handler(_: Request, exc: Exception) -> Response:
+async def unexpected_handler(request: Request, exc: Exception) -> Response:
+    """A 500, except on a full disk (any write can meet one): then a 507 that says so."""
+    if is_disk_full(exc):
+        log.error("%s %s: a write failed, the disk is full: %s", request.method, request.url.path, exc)
+        return error_response(disk_full_error())
     log.exception("unexpected error", exc_info=exc)
     return error_response(ApiError(500, "The server had an error while processing your request.", type="server_error"))
 

@@ -22,6 +22,7 @@ from assistd.http.common import ok, page, path, runtime
 from assistd.http.json_checks import check_json
 from assistd.http.models import ListQuery, Model
 from assistd.storage.files import Blob, FileStore
+from assistd.storage.space import disk_full_error, is_disk_full
 
 if TYPE_CHECKING:
     from python_multipart.multipart import MultipartCallbacks
@@ -194,11 +195,20 @@ async def _receive(request: Request, blob: Blob, limit: int) -> dict[str, Any]:
 
 def _store(request: Request) -> FileStore:
     rt = runtime(request)
-    return FileStore(rt.store.db, rt.settings.files_dir)
+    return FileStore(rt.store.db, rt.settings.files_dir, rt.disk_reserve)
 
 
 async def create(request: Request) -> Response:
     files = _store(request)
+    try:
+        return ok(await _create(request, files))
+    except Exception as exc:
+        if is_disk_full(exc):
+            raise disk_full_error() from exc
+        raise
+
+
+async def _create(request: Request, files: FileStore) -> dict[str, Any]:
     await files.purge_expired()
     blob = files.blob(new_file_id())
     await blob.open()
@@ -207,7 +217,7 @@ async def create(request: Request) -> Response:
     except BaseException:
         blob.discard()
         raise
-    return ok(await files.add(row, blob))
+    return await files.add(row, blob)
 
 
 async def list_(request: Request) -> Response:

@@ -3,6 +3,10 @@
 An upload is written to `<id>.part`, synced and renamed to `<id>`, and only then is its row
 inserted: every row has its bytes, and a crash leaves at most an orphan file, never a row
 without bytes. Client-given names are only ever a column, never part of a path.
+
+A delete removes the row, then the bytes. Only when a full disk refuses the row's delete do
+the bytes go first (they are the room the database needs), then if need be the disk reserve
+(`space`); a crash in between leaves a row without bytes, which another delete removes.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from assistd.domain.errors import not_found
 from assistd.domain.ids import now
 from assistd.storage.db import Database
 from assistd.storage.pages import PageParams, fetch_page, list_object
+from assistd.storage.space import DiskReserve, disk_full_error, is_disk_full
 from assistd.storage.vector_stores import detach_everywhere
 
 Obj = dict[str, Any]
@@ -82,9 +87,10 @@ class Blob:
 
 
 class FileStore:
-    def __init__(self, db: Database, folder: Path) -> None:
+    def __init__(self, db: Database, folder: Path, reserve: DiskReserve | None = None) -> None:
         self.db = db
         self.folder = folder
+        self.reserve = reserve
 
     def path(self, file_id: str) -> Path:
         """Where a file's bytes live; only ids of our own making get this far."""
@@ -137,12 +143,45 @@ class FileStore:
     async def delete(self, file_id: str) -> None:
         """Delete the row and remove the file from every vector store in one transaction, then
         the bytes (a crash in between leaves an orphan file, not a row)."""
+        try:
+            await self._delete_row(file_id)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            await self._delete_on_full_disk(file_id)
+            return
+        await self._unlink(file_id)
+
+    async def _delete_row(self, file_id: str) -> None:
         async with self.db.transaction() as tx:
             count = await tx.execute(f"DELETE FROM files WHERE id = :id AND {LIVE}", id=file_id, now=now())
             if not count:
                 raise not_found("file", file_id)
             await detach_everywhere(tx, self.db.dialect, file_id)
+
+    async def _delete_on_full_disk(self, file_id: str) -> None:
+        """The database has no room to record the delete: free the file's bytes, then if that was
+        not enough the reserve, and try again; the reserve is taken again when there is room."""
+        await self.get(file_id)  # an unknown file is a 404 before anything is removed
         await self._unlink(file_id)
+        try:
+            await self._delete_row(file_id)
+        except Exception as exc:
+            if not is_disk_full(exc):
+                raise
+            if self.reserve is None or not await self.reserve.release():
+                raise disk_full_error() from exc
+            await self._delete_row_or_507(file_id)
+        if self.reserve is not None:
+            await self.reserve.keep()
+
+    async def _delete_row_or_507(self, file_id: str) -> None:
+        try:
+            await self._delete_row(file_id)
+        except Exception as exc:
+            if is_disk_full(exc):
+                raise disk_full_error() from exc
+            raise
 
     async def purge_expired(self) -> None:
         """Delete files past their `expires_at`, rows and bytes."""
