@@ -37,6 +37,7 @@ class StopReason:
     CANCEL = "cancel"  # the run is `cancelling`: finish the cancellation
     SHUTDOWN = "shutdown"  # this process is stopping: hand the run back, or fail it
     LOST = "lost"  # the run is no longer ours (lease lapsed): write nothing more
+    EXPIRE = "expire"  # the run reached its `expires_at`: it ends `expired`
 
 
 class RunTurn:
@@ -421,6 +422,9 @@ class RunTurn:
 
     async def _after_stop(self) -> None:
         if self.stop_reason == StopReason.LOST:
+            return
+        if self.stop_reason == StopReason.EXPIRE:
+            await self._end(RunStatus.EXPIRED, only_from=(RunStatus.IN_PROGRESS.value,))
             return
         if self.stop_reason == StopReason.SHUTDOWN and not self.wrote_anything:
             if await hand_back(self.rt, self.run_id):

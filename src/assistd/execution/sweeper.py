@@ -68,8 +68,8 @@ class Sweeper:
         for row in await self.rt.store.stale_runs(orphaned_before):
             if row["id"] not in owned:
                 await self._settle_orphan(row["id"], RunStatus(row["status"]), row["worker_id"])
-        for row in await self.rt.store.expirable_runs(now()):
-            await settle(self.rt.store, self.rt.broker, row["id"], RunStatus.EXPIRED)
+        for row in await self.rt.store.expirable_runs(now()):  # a running turn expires itself
+            await settle(self.rt.store, self.rt.broker, row["id"], RunStatus.EXPIRED, only_from=(row["status"],))
         if self._sweeps % PURGE_EVERY == 0:
             for vector_store_id in await VectorStoreStore(self.rt.store.db).purge_expired():
                 log.info("vector store %s expired: its chunks were deleted", vector_store_id)

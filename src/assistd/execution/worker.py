@@ -94,9 +94,19 @@ class Worker:
         turn = RunTurn(self.rt, run)
         task = asyncio.create_task(turn.execute(), name=f"run-{run['id']}")
         self.turns[run["id"]] = (turn, task)
-        task.add_done_callback(lambda _: self._turn_done(run["id"]))
+        expiry = self._expire_later(run)
+        task.add_done_callback(lambda _: self._turn_done(run["id"], expiry))
 
-    def _turn_done(self, run_id: str) -> None:
+    def _expire_later(self, run: dict[str, Any]) -> asyncio.TimerHandle | None:
+        """Stop the turn at the run's `expires_at`, however the upstream behaves meanwhile."""
+        if run.get("expires_at") is None:
+            return None
+        delay = max(0.0, float(run["expires_at"]) - time.time())
+        return asyncio.get_running_loop().call_later(delay, self.stop_run, run["id"], StopReason.EXPIRE)
+
+    def _turn_done(self, run_id: str, expiry: asyncio.TimerHandle | None = None) -> None:
+        if expiry is not None:
+            expiry.cancel()
         self.turns.pop(run_id, None)
         if len(self.turns) == self.concurrency - 1:
             self.rt.signals.queued.set()  # a slot is free again: look at the queue
