@@ -4,7 +4,11 @@ that cross, Redis lost mid-stream. Each test drives a real server with the opena
 
 from __future__ import annotations
 
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+
+import httpx
+import pytest
 
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.flows import assistant, poll, wait_for_status
@@ -47,3 +51,34 @@ def test_upstream_timeout_counts_time_without_tokens_not_without_bytes(make_serv
     assert failed.status == "failed" and failed.last_error is not None
     assert failed.last_error.code == "server_error" and "no tokens" in failed.last_error.message
     upstream.wait_for_outcome("only keep-alives", "client_closed", timeout=5)
+
+
+# ---------------------------------------------------------------- locks taken in one order
+
+
+@pytest.mark.timeout(240)
+def test_deleting_threads_while_their_runs_start_never_deadlocks(make_server: Any, upstream: FakeUpstream,
+                                                                 backend: str) -> None:
+    if backend != "postgresql":
+        pytest.skip("row locks that can cross are PostgreSQL's")
+    server = make_server()
+    client = server.client()
+    asst = assistant(client)
+    upstream.default = Reply.text("a quick answer in a few words", chunk_delay=0.001)
+
+    def attempt(i: int) -> tuple[int, int]:
+        thread = client.beta.threads.create(messages=[{"role": "user", "content": f"race-{i}"}])
+        with httpx.Client(base_url=server.base_url, headers=server.headers, timeout=30) as http:
+            created = http.post(f"/threads/{thread.id}/runs", json={"assistant_id": asst.id})
+            upstream.wait_for_requests(1)  # (any request): the worker is starting runs
+            deleted = http.delete(f"/threads/{thread.id}")
+        return created.status_code, deleted.status_code
+
+    try:
+        with ThreadPoolExecutor(4) as pool:
+            results = list(pool.map(attempt, range(80)))
+    finally:
+        upstream.default = Reply.text("ok")
+    assert all(created == 200 for created, _ in results), results
+    assert all(deleted == 200 for _, deleted in results), results
+    assert "Deadlock" not in server.log_text()

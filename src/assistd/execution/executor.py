@@ -33,6 +33,10 @@ Obj = dict[str, Any]
 FLUSH_SECONDS = 1.0
 
 
+class RunGone(Exception):
+    """The run's thread was deleted while the turn ran: there is nothing left to write."""
+
+
 class StopReason:
     CANCEL = "cancel"  # the run is `cancelling`: finish the cancellation
     SHUTDOWN = "shutdown"  # this process is stopping: hand the run back, or fail it
@@ -79,10 +83,26 @@ class RunTurn:
             await self._record_end(asyncio.shield(self._after_stop()))
         except (UpstreamError, file_search.ExpiredStore) as exc:
             await self._record_end(self._end(RunStatus.FAILED, last_error={"code": exc.code, "message": exc.message}))
+        except RunGone:
+            log.info("run %s: its thread was deleted; the turn stops", self.run_id)
         except Exception as exc:  # a bug must not strand the run in_progress
+            if await self._gone():
+                log.info("run %s: its thread was deleted; the turn stops (%s)", self.run_id, type(exc).__name__)
+                return
             log.exception("run %s failed inside assistd", self.run_id)
             error = {"code": "server_error", "message": f"assistd error: {type(exc).__name__}"}
             await self._record_end(self._end(RunStatus.FAILED, last_error=error))
+
+    async def _gone(self) -> bool:
+        try:
+            return await self.rt.store.get_run_by_id(self.run_id) is None
+        except Exception:
+            return False
+
+    async def _lock_thread(self, tx: Any) -> None:
+        """Take the thread's row before the run's rows (see Store.lock_thread_of_run)."""
+        if not await self.rt.store.lock_thread_of_run(tx, self.run_id):
+            raise RunGone(self.run_id)
 
     async def _record_end(self, ending: Awaitable[None]) -> None:
         """Write how the turn ended; if the database refuses (it is down, or out of
@@ -181,6 +201,7 @@ class RunTurn:
             "type": "message_creation", "message_creation": {"message_id": message["id"]},
         })
         async with self.rt.store.db.transaction() as tx:
+            await self._lock_thread(tx)
             await self.rt.store.save_step(step, tx)
             await self.rt.store.insert_message(message, tx)
         self.message, self.message_step = message, step
@@ -327,6 +348,7 @@ class RunTurn:
         store = self.rt.store
         events: list[tuple[str, Obj]] = []
         async with store.db.transaction() as tx:
+            await self._lock_thread(tx)
             last_step = self.tool_step or self.message_step
             if self.message is not None and self.message_step is not None:
                 events += await self._complete_message(tx, truncated=length, usage=usage if last_step is self.message_step else None)
