@@ -26,11 +26,14 @@ from assistd.execution.runtime import Runtime
 from assistd.execution.settle import Settled, run_usage, settle, settle_in
 from assistd.execution.sweeper import hand_back
 from assistd.execution.upstream import UpstreamError
+from assistd.storage.db import DatabaseUnavailable
 from assistd.storage.files import FileStore
 
 log = logging.getLogger("assistd.executor")
 Obj = dict[str, Any]
 FLUSH_SECONDS = 1.0
+DATABASE_RETRY_SECONDS = 1.0
+DATABASE_LOST = {"code": "server_error", "message": "The database was unavailable while the run was in progress."}
 
 
 class RunGone(Exception):
@@ -85,6 +88,10 @@ class RunTurn:
             await self._record_end(self._end(RunStatus.FAILED, last_error={"code": exc.code, "message": exc.message}))
         except RunGone:
             log.info("run %s: its thread was deleted; the turn stops", self.run_id)
+        except DatabaseUnavailable as exc:
+            log.warning("run %s: the database became unavailable (%s); it fails once the database is back",
+                        self.run_id, exc)
+            await self._record_end(self._fail_when_database_is_back())
         except Exception as exc:  # a bug must not strand the run in_progress
             if await self._gone():
                 log.info("run %s: its thread was deleted; the turn stops (%s)", self.run_id, type(exc).__name__)
@@ -92,6 +99,17 @@ class RunTurn:
             log.exception("run %s failed inside assistd", self.run_id)
             error = {"code": "server_error", "message": f"assistd error: {type(exc).__name__}"}
             await self._record_end(self._end(RunStatus.FAILED, last_error=error))
+
+    async def _fail_when_database_is_back(self) -> None:
+        """The turn can't go on without its database (the upstream request is already
+        closed): record why the run failed as soon as it answers again. The turn stays this
+        worker's meanwhile, so the heartbeat keeps its lease once it can."""
+        while True:
+            try:
+                await self._end(RunStatus.FAILED, last_error=DATABASE_LOST)
+                return
+            except DatabaseUnavailable:
+                await asyncio.sleep(DATABASE_RETRY_SECONDS)
 
     async def _gone(self) -> bool:
         try:

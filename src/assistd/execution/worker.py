@@ -22,6 +22,7 @@ from assistd.execution.executor import RunTurn, StopReason
 from assistd.execution.ingest import Ingester
 from assistd.execution.runtime import Runtime
 from assistd.execution.sweeper import Sweeper
+from assistd.storage.db import DatabaseUnavailable
 
 log = logging.getLogger("assistd.worker")
 POLL_SECONDS = 1.0
@@ -78,6 +79,8 @@ class Worker:
             queued.clear()
             try:
                 await self._claim_available()
+            except DatabaseUnavailable as exc:
+                log.warning("claiming runs failed, the database is unavailable (%s); retrying", exc)
             except Exception:
                 log.exception("claiming runs failed; retrying")
 
@@ -119,6 +122,9 @@ class Worker:
             running = list(self.turns)
             try:
                 held = await self.rt.store.heartbeat(self.id, running, time.time())
+            except DatabaseUnavailable as exc:
+                log.warning("heartbeat failed, the database is unavailable (%s)", exc)
+                continue
             except Exception:
                 log.exception("heartbeat failed")
                 continue

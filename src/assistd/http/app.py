@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -22,20 +23,31 @@ from assistd.execution.worker import Worker
 from assistd.http import assistants, files, runs, threads, vector_stores
 from assistd.http.auth import ApiKeyMiddleware
 from assistd.http.errors import (
+    RETRY_AFTER_SECONDS,
     api_error_handler,
     cursor_handler,
+    database_unavailable_handler,
     http_error_handler,
     unexpected_handler,
     validation_handler,
 )
+from assistd.storage.db import DatabaseUnavailable
 from assistd.storage.pages import UnknownCursor
 
 log = logging.getLogger("assistd")
 
 
+HEALTH_TIMEOUT_SECONDS = 5.0
+
+
 async def healthz(request: Request) -> Response:
+    """200 while the database answers; 503 (with Retry-After) while it doesn't."""
     rt: Runtime = request.app.state.runtime
-    await rt.store.db.fetchone("SELECT 1 AS ok")
+    try:
+        await asyncio.wait_for(rt.store.db.fetchone("SELECT 1 AS ok"), HEALTH_TIMEOUT_SECONDS)
+    except (DatabaseUnavailable, TimeoutError):
+        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     return JSONResponse({"status": "ok"})
 
 
@@ -71,6 +83,7 @@ def create_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
             ValidationError: validation_handler,
             UnknownCursor: cursor_handler,
             HTTPException: http_error_handler,
+            DatabaseUnavailable: database_unavailable_handler,
             Exception: unexpected_handler,
         },
         lifespan=lifespan,
