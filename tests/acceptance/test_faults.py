@@ -4,14 +4,20 @@ that cross, Redis lost mid-stream. Each test drives a real server with the opena
 
 from __future__ import annotations
 
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
+import openai
 import pytest
 
+from tests.acceptance.test_scale_out import make_cluster, own_redis  # noqa: F401 (fixtures)
+from tests.conftest import BACKENDS, Databases
 from tests.support.fake_upstream import FakeUpstream, Reply
-from tests.support.flows import assistant, poll, wait_for_status
+from tests.support.flows import assistant, poll, wait_for_status, wait_until
+from tests.support.tcp_proxy import TcpProxy
 
 # ---------------------------------------------------------------- an upstream that sends no tokens
 
@@ -82,3 +88,81 @@ def test_deleting_threads_while_their_runs_start_never_deadlocks(make_server: An
     assert all(created == 200 for created, _ in results), results
     assert all(deleted == 200 for _, deleted in results), results
     assert "Deadlock" not in server.log_text()
+
+
+# ---------------------------------------------------------------- the database out of reach
+
+
+@pytest.mark.timeout(180)
+def test_postgresql_out_of_reach_answers_503_and_the_run_says_the_database_was_unavailable(
+    make_server: Any, upstream: FakeUpstream, databases: Databases, backend: str
+) -> None:
+    if backend != "postgresql":
+        pytest.skip("SQLite is a file: it can't be out of reach")
+    url = urlsplit(databases.new("postgresql"))
+    with TcpProxy(url.hostname or "127.0.0.1", url.port or 5432) as proxy:
+        proxied = url._replace(netloc=f"{url.username}@127.0.0.1:{proxy.port}").geturl()
+        server = make_server(env={"ASSISTD_DATABASE_URL": proxied})
+        client = server.client()
+        upstream.on("long answer", Reply.text(" ".join(f"w{i}" for i in range(400)), chunk_delay=0.05))
+        asst = assistant(client)
+        thread = client.beta.threads.create(messages=[{"role": "user", "content": "long answer"}])
+        run = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=asst.id)
+        wait_until(lambda: len(client.beta.threads.messages.list(thread_id=thread.id).data) == 2,
+                   what="the answer's message")
+
+        proxy.cut()
+        health = httpx.get(f"{server.root_url}/healthz", timeout=30)
+        assert health.status_code == 503 and health.headers["retry-after"].isdigit()
+        for call in (client.beta.assistants.list, lambda: client.beta.threads.create()):
+            with pytest.raises(openai.InternalServerError) as caught:
+                call()
+            assert caught.value.status_code == 503
+            assert caught.value.response.headers["retry-after"].isdigit()
+            assert set(caught.value.response.json()["error"]) == {"message", "type", "param", "code"}
+        upstream.wait_for_outcome("long answer", "client_closed", timeout=15)  # the run stopped generating
+
+        proxy.restore()
+        wait_until(lambda: httpx.get(f"{server.root_url}/healthz", timeout=30).status_code == 200,
+                   timeout=30, what="assistd healthy again")
+        failed = wait_for_status(client, thread.id, run.id, {"failed", "completed"}, timeout=30)
+        assert failed.status == "failed" and failed.last_error is not None
+        assert "database was unavailable" in failed.last_error.message
+        message = client.beta.threads.messages.list(thread_id=thread.id).data[0]
+        assert message.status == "incomplete" and message.content[0].text.value.startswith("w0 w1")  # type: ignore[union-attr]
+        # Recovered without a restart: a new run goes through.
+        upstream.on("after the outage", Reply.text("back"))
+        again = client.beta.threads.create(messages=[{"role": "user", "content": "after the outage"}])
+        assert poll(client, again.id, assistant_id=asst.id).status == "completed"
+
+
+# ---------------------------------------------------------------- Redis lost mid-stream
+
+
+@pytest.mark.skipif("postgresql" not in BACKENDS, reason="split roles need the PostgreSQL backend")
+def test_stream_falls_back_to_the_database_when_redis_dies_mid_run(
+    make_cluster: Any, upstream: FakeUpstream, own_redis: tuple[str, subprocess.Popen[bytes]]
+) -> None:
+    redis_url, redis_proc = own_redis
+    cluster = make_cluster(apis=1, workers=1, env={"ASSISTD_REDIS_URL": redis_url})
+    text = " ".join(f"d{i}" for i in range(100))
+    upstream.on("lose redis", Reply.text(text, chunk_delay=0.04))
+    client = cluster.client(0)
+    asst = assistant(client)
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "lose redis"}])
+    events: list[str] = []
+    deltas: list[str] = []
+    with client.beta.threads.runs.stream(thread_id=thread.id, assistant_id=asst.id) as stream:
+        for event in stream:
+            events.append(event.event)
+            if event.event == "thread.message.delta":
+                deltas.append(event.data.delta.content[0].text.value)  # type: ignore[union-attr]
+                if len(deltas) == 22:
+                    redis_proc.kill()
+                    redis_proc.wait(10)
+        run = stream.get_final_run()
+        final_text = stream.get_final_messages()[0].content[0].text.value  # type: ignore[union-attr]
+    assert run.status == "completed" and events[-1] == "thread.run.completed"
+    assert "thread.message.completed" in events
+    assert events.index("thread.message.completed") < events.index("thread.run.completed")
+    assert "".join(deltas) == text and final_text == text  # every word, once, through deltas
