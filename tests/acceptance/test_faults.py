@@ -141,7 +141,7 @@ def test_postgresql_out_of_reach_answers_503_and_the_run_says_the_database_was_u
 
 @pytest.mark.skipif("postgresql" not in BACKENDS, reason="split roles need the PostgreSQL backend")
 def test_stream_falls_back_to_the_database_when_redis_dies_mid_run(
-    make_cluster: Any, upstream: FakeUpstream, own_redis: tuple[str, subprocess.Popen[bytes]]
+    make_cluster: Any, upstream: FakeUpstream, own_redis: tuple[str, subprocess.Popen[bytes]]  # noqa: F811
 ) -> None:
     redis_url, redis_proc = own_redis
     cluster = make_cluster(apis=1, workers=1, env={"ASSISTD_REDIS_URL": redis_url})

@@ -52,6 +52,7 @@ class RunTurn:
         self.rt = rt
         self.run = run
         self.stop_reason = StopReason.CANCEL
+        self.ending = False  # the turn is recording how it ended: expiry no longer interrupts it
         self.store_ids: list[str] = []  # the vector stores file_search looks in
         self.steps: list[Obj] = []  # the run's steps before this upstream call
         self.searching = False  # the model is offered file_search in this call
@@ -112,9 +113,11 @@ class RunTurn:
                 await asyncio.sleep(DATABASE_RETRY_SECONDS)
 
     async def _gone(self) -> bool:
+        """Whether the run was deleted (with its thread); asked while handling another failure,
+        so a failure to ask must not replace that one."""
         try:
             return await self.rt.store.get_run_by_id(self.run_id) is None
-        except Exception:
+        except Exception:  # noqa: BLE001
             return False
 
     async def _lock_thread(self, tx: Any) -> None:
@@ -125,6 +128,7 @@ class RunTurn:
     async def _record_end(self, ending: Awaitable[None]) -> None:
         """Write how the turn ended; if the database refuses (it is down, or out of
         connections), the run's lease lapses and a sweeper settles it."""
+        self.ending = True
         try:
             await ending
         except Exception:

@@ -142,9 +142,10 @@ class Follower:
         self.on_database = False
         self._pending: deque[Event] = deque()
 
-    def sent(self, event: Event) -> None:
-        """Count an event the stream sent without asking (its opening events)."""
+    def sent(self, event: Event) -> Event:
+        """Count an event the stream sends without asking (its opening events)."""
         self.delivered.note(event)
+        return event
 
     async def next(self) -> Event | None:
         """The next event; None once the run is gone."""

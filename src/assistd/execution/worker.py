@@ -65,6 +65,8 @@ class Worker:
         if entry is None:
             return False
         turn, task = entry
+        if reason == StopReason.EXPIRE and turn.ending:
+            return False
         turn.stop_reason = reason
         task.cancel()
         return True

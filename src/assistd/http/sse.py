@@ -60,11 +60,7 @@ async def _run_events(rt: Runtime, sub: Subscription, first: Iterable[Event],
     follower = Follower(rt.store, sub, delivered)
     pending = list(first)
     while True:
-        if pending:
-            event: Event | None = pending.pop(0)
-            follower.sent(event)
-        else:
-            event = await follower.next()
+        event = follower.sent(pending.pop(0)) if pending else await follower.next()
         if event is None:
             break
         shaped = _shaped(event, shape)
