@@ -16,7 +16,7 @@ import pytest
 from tests.acceptance.test_scale_out import make_cluster, own_redis  # noqa: F401 (fixtures)
 from tests.conftest import BACKENDS, Databases
 from tests.support.fake_upstream import FakeUpstream, Reply
-from tests.support.flows import assistant, poll, wait_for_status, wait_until
+from tests.support.flows import WEATHER_TOOL, assistant, poll, wait_for_status, wait_until
 from tests.support.tcp_proxy import TcpProxy
 
 # ---------------------------------------------------------------- an upstream that sends no tokens
@@ -166,3 +166,31 @@ def test_stream_falls_back_to_the_database_when_redis_dies_mid_run(
     assert "thread.message.completed" in events
     assert events.index("thread.message.completed") < events.index("thread.run.completed")
     assert "".join(deltas) == text and final_text == text  # every word, once, through deltas
+
+
+@pytest.mark.skipif("postgresql" not in BACKENDS, reason="split roles need the PostgreSQL backend")
+def test_tool_outputs_streamed_while_redis_is_down_follow_the_run_from_the_database(
+    make_cluster: Any, upstream: FakeUpstream, own_redis: tuple[str, subprocess.Popen[bytes]]  # noqa: F811
+) -> None:
+    redis_url, redis_proc = own_redis
+    cluster = make_cluster(apis=1, workers=1, env={"ASSISTD_REDIS_URL": redis_url})
+    upstream.on("weather without redis", Reply.tool_calls([("get_weather", '{"city": "Bergen"}')]))
+    upstream.on("rainy", Reply.text("Bergen is rainy, as ever.", chunk_delay=0.02))
+    client = cluster.client(0)
+    asst = assistant(client, tools=[WEATHER_TOOL])
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "weather without redis"}])
+    run = poll(client, thread.id, assistant_id=asst.id)
+    assert run.status == "requires_action"
+    redis_proc.kill()
+    redis_proc.wait(10)
+    call = run.required_action.submit_tool_outputs.tool_calls[0]  # type: ignore[union-attr]
+    with client.beta.threads.runs.submit_tool_outputs_stream(
+        run_id=run.id, thread_id=thread.id, tool_outputs=[{"tool_call_id": call.id, "output": "rainy"}]
+    ) as stream:
+        events = [event.event for event in stream]
+        final = stream.get_final_run()
+        text = stream.get_final_messages()[0].content[0].text.value  # type: ignore[union-attr]
+    assert final.status == "completed" and events[-1] == "thread.run.completed"
+    assert events.index("thread.message.completed") < events.index("thread.run.completed")
+    assert text == "Bergen is rainy, as ever."
+    assert events.count("thread.message.created") == 1  # the earlier turn's past is not sent again
