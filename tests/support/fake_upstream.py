@@ -51,7 +51,7 @@ OUTCOMES = ("completed", "client_closed", "dropped", "error")
 class Reply:
     """One scripted answer. Build it with the constructors, not the fields."""
 
-    kind: str  # text | tool_calls | error | drop | hang | stream_error
+    kind: str  # text | tool_calls | error | drop | hang | stream_error | keep_alive
     chunks: tuple[str, ...] = ()  # content deltas (for tool_calls: text sent before the calls)
     calls: tuple[tuple[str, str], ...] = ()  # (function name, arguments JSON)
     chunk_delay: float = 0.0
@@ -62,6 +62,7 @@ class Reply:
     error_code: str | None = None
     usage: Obj | None = None  # overrides prompt_tokens / completion_tokens
     before_headers: bool = False  # hang: send nothing at all
+    keep_alive_every: float = 0.0  # keep_alive: seconds between SSE comments
 
     @staticmethod
     def text(text: str = "", *, chunk_delay: float = 0.0, chunks: list[str] | None = None,
@@ -105,6 +106,14 @@ class Reply:
         """Stream some chunks, then a `data: {"error": …}` event, as OpenAI does on mid-stream failures."""
         return Reply("stream_error", tuple(f"part{i} " for i in range(after_chunks)), message=message,
                      error_type="server_error", finish_reason=None)
+
+
+    @staticmethod
+    def keep_alive(*, every: float = 2.0, after_chunks: int = 0) -> Reply:
+        """Send `after_chunks` content chunks, then only `: keep-alive` SSE comments, `every`
+        seconds, until the client leaves: bytes keep coming, tokens never do."""
+        return Reply("keep_alive", tuple(f"part{i} " for i in range(after_chunks)), finish_reason=None,
+                     keep_alive_every=every)
 
 
 # Words the fake embeddings model takes as the same meaning, so dense search can find what
@@ -482,9 +491,9 @@ async def _send_completion(record: RequestRecord, reply: Reply, writer: asyncio.
         record.end("dropped")
         writer.close()  # no response at all
         return
-    if reply.kind in ("hang", "stream_error"):
+    if reply.kind in ("hang", "stream_error", "keep_alive"):
         await asyncio.sleep(reply.chunk_delay * len(reply.chunks))
-        if reply.kind == "hang":
+        if reply.kind in ("hang", "keep_alive"):
             await asyncio.Future()
         await _send_json(writer, 500, _error_body(500, reply.message))
         record.end("error")
@@ -513,6 +522,8 @@ async def _send_stream(record: RequestRecord, reply: Reply, writer: asyncio.Stre
         return
     if reply.kind == "hang":
         await asyncio.Future()  # until the client leaves
+    if reply.kind == "keep_alive":
+        await _keep_alive(record, reply, writer)
     if reply.kind == "stream_error":
         writer.write(_chunked(b"data: " + json.dumps(_error_body(500, reply.message)).encode() + b"\n\n"))
         writer.write(_chunked(b""))
@@ -526,6 +537,16 @@ async def _send_stream(record: RequestRecord, reply: Reply, writer: asyncio.Stre
     writer.write(_chunked(b"data: [DONE]\n\n") + _chunked(b""))
     await writer.drain()
     record.end("completed")
+
+
+async def _keep_alive(record: RequestRecord, reply: Reply, writer: asyncio.StreamWriter) -> None:
+    """SSE comments only, until the client leaves (a write then fails, or EOF ends the reply)."""
+    while True:
+        await asyncio.sleep(reply.keep_alive_every)
+        if writer.transport.is_closing():
+            raise ConnectionResetError("the client went away")
+        writer.write(_chunked(b": keep-alive\n\n"))
+        await writer.drain()
 
 
 def _deltas(reply: Reply) -> list[tuple[Obj, bool]]:

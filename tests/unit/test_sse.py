@@ -8,6 +8,7 @@ from typing import Any
 
 import pytest
 
+from assistd.execution import fallback
 from assistd.execution.broker import LocalBroker
 from assistd.http import sse
 
@@ -21,9 +22,16 @@ class SlowStore:
 
     async def get_run_by_id(self, run_id: str) -> dict[str, Any]:
         await asyncio.sleep(0.05)
-        self.broker.publish(run_id, "thread.message.delta", {"delta": "late"})
+        self.broker.publish(run_id, "thread.message.delta", {"id": "msg_1", "delta": {"content": [
+            {"index": 0, "type": "text", "text": {"value": "late", "annotations": []}}]}})
         self.broker.publish(run_id, "thread.run.completed", {"id": run_id, "status": "completed"})
         return {"id": run_id, "status": "completed"}
+
+    async def run_messages(self, run_id: str) -> list[dict[str, Any]]:
+        return []
+
+    async def run_steps(self, run_id: str) -> list[dict[str, Any]]:
+        return []
 
 
 async def _relay() -> list[str]:
@@ -35,5 +43,5 @@ async def _relay() -> list[str]:
 
 
 def test_events_published_while_a_quiet_stream_rereads_the_run_are_still_sent(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(sse, "QUIET_SECONDS", 0.01)
+    monkeypatch.setattr(fallback, "QUIET_SECONDS", 0.01)
     assert asyncio.run(_relay()) == ["event: thread.message.delta", "event: thread.run.completed", "event: done"]

@@ -27,8 +27,9 @@ TRANSITIONS: dict[RunStatus, frozenset[RunStatus]] = {
     S.QUEUED: frozenset({S.IN_PROGRESS, S.CANCELLED, S.FAILED, S.EXPIRED}),
     # in_progress → queued: a worker hands back a run whose turn has written nothing yet
     # (it is stopping, or it died), for another worker to run from the start of the turn.
+    # in_progress → expired: a turn still running at `expires_at` is stopped.
     S.IN_PROGRESS: frozenset(
-        {S.QUEUED, S.REQUIRES_ACTION, S.CANCELLING, S.COMPLETED, S.INCOMPLETE, S.FAILED}
+        {S.QUEUED, S.REQUIRES_ACTION, S.CANCELLING, S.COMPLETED, S.INCOMPLETE, S.FAILED, S.EXPIRED}
     ),
     S.REQUIRES_ACTION: frozenset({S.QUEUED, S.CANCELLED, S.FAILED, S.EXPIRED}),
     S.CANCELLING: frozenset({S.CANCELLED}),

@@ -26,17 +26,25 @@ from assistd.execution.runtime import Runtime
 from assistd.execution.settle import Settled, run_usage, settle, settle_in
 from assistd.execution.sweeper import hand_back
 from assistd.execution.upstream import UpstreamError
+from assistd.storage.db import DatabaseUnavailable
 from assistd.storage.files import FileStore
 
 log = logging.getLogger("assistd.executor")
 Obj = dict[str, Any]
 FLUSH_SECONDS = 1.0
+DATABASE_RETRY_SECONDS = 1.0
+DATABASE_LOST = {"code": "server_error", "message": "The database was unavailable while the run was in progress."}
+
+
+class RunGone(Exception):
+    """The run's thread was deleted while the turn ran: there is nothing left to write."""
 
 
 class StopReason:
     CANCEL = "cancel"  # the run is `cancelling`: finish the cancellation
     SHUTDOWN = "shutdown"  # this process is stopping: hand the run back, or fail it
     LOST = "lost"  # the run is no longer ours (lease lapsed): write nothing more
+    EXPIRE = "expire"  # the run reached its `expires_at`: it ends `expired`
 
 
 class RunTurn:
@@ -44,6 +52,7 @@ class RunTurn:
         self.rt = rt
         self.run = run
         self.stop_reason = StopReason.CANCEL
+        self.ending = False  # the turn is recording how it ended: expiry no longer interrupts it
         self.store_ids: list[str] = []  # the vector stores file_search looks in
         self.steps: list[Obj] = []  # the run's steps before this upstream call
         self.searching = False  # the model is offered file_search in this call
@@ -78,14 +87,48 @@ class RunTurn:
             await self._record_end(asyncio.shield(self._after_stop()))
         except (UpstreamError, file_search.ExpiredStore) as exc:
             await self._record_end(self._end(RunStatus.FAILED, last_error={"code": exc.code, "message": exc.message}))
+        except RunGone:
+            log.info("run %s: its thread was deleted; the turn stops", self.run_id)
+        except DatabaseUnavailable as exc:
+            log.warning("run %s: the database became unavailable (%s); it fails once the database is back",
+                        self.run_id, exc)
+            await self._record_end(self._fail_when_database_is_back())
         except Exception as exc:  # a bug must not strand the run in_progress
+            if await self._gone():
+                log.info("run %s: its thread was deleted; the turn stops (%s)", self.run_id, type(exc).__name__)
+                return
             log.exception("run %s failed inside assistd", self.run_id)
             error = {"code": "server_error", "message": f"assistd error: {type(exc).__name__}"}
             await self._record_end(self._end(RunStatus.FAILED, last_error=error))
 
+    async def _fail_when_database_is_back(self) -> None:
+        """The turn can't go on without its database (the upstream request is already
+        closed): record why the run failed as soon as it answers again. The turn stays this
+        worker's meanwhile, so the heartbeat keeps its lease once it can."""
+        while True:
+            try:
+                await self._end(RunStatus.FAILED, last_error=DATABASE_LOST)
+                return
+            except DatabaseUnavailable:
+                await asyncio.sleep(DATABASE_RETRY_SECONDS)
+
+    async def _gone(self) -> bool:
+        """Whether the run was deleted (with its thread); asked while handling another failure,
+        so a failure to ask must not replace that one."""
+        try:
+            return await self.rt.store.get_run_by_id(self.run_id) is None
+        except Exception:  # noqa: BLE001
+            return False
+
+    async def _lock_thread(self, tx: Any) -> None:
+        """Take the thread's row before the run's rows (see Store.lock_thread_of_run)."""
+        if not await self.rt.store.lock_thread_of_run(tx, self.run_id):
+            raise RunGone(self.run_id)
+
     async def _record_end(self, ending: Awaitable[None]) -> None:
         """Write how the turn ended; if the database refuses (it is down, or out of
         connections), the run's lease lapses and a sweeper settles it."""
+        self.ending = True
         try:
             await ending
         except Exception:
@@ -180,6 +223,7 @@ class RunTurn:
             "type": "message_creation", "message_creation": {"message_id": message["id"]},
         })
         async with self.rt.store.db.transaction() as tx:
+            await self._lock_thread(tx)
             await self.rt.store.save_step(step, tx)
             await self.rt.store.insert_message(message, tx)
         self.message, self.message_step = message, step
@@ -324,6 +368,7 @@ class RunTurn:
         store = self.rt.store
         events: list[tuple[str, Obj]] = []
         async with store.db.transaction() as tx:
+            await self._lock_thread(tx)
             last_step = self.tool_step or self.message_step
             if self.message is not None and self.message_step is not None:
                 events += await self._complete_message(tx, truncated=length, usage=usage if last_step is self.message_step else None)
@@ -419,6 +464,9 @@ class RunTurn:
 
     async def _after_stop(self) -> None:
         if self.stop_reason == StopReason.LOST:
+            return
+        if self.stop_reason == StopReason.EXPIRE:
+            await self._end(RunStatus.EXPIRED, only_from=(RunStatus.IN_PROGRESS.value,))
             return
         if self.stop_reason == StopReason.SHUTDOWN and not self.wrote_anything:
             if await hand_back(self.rt, self.run_id):

@@ -22,6 +22,7 @@ from assistd.execution.broker import Event, Subscription, serialize
 
 log = logging.getLogger("assistd.events")
 MAX_EVENTS = 100_000
+MAX_OUTBOX = 100_000  # events held while Redis is unreachable; streams fall back to the database
 READ_BATCH = 500
 STOP_EVENTS = frozenset(f"thread.run.{status.value}" for status in STREAM_STOPS)
 RETRY_SECONDS = 0.5
@@ -63,6 +64,21 @@ class RedisSubscription:
         return None
 
 
+class UnheardSubscription:
+    """Redis could not say where a run's events stand: the stream hears nothing from it and
+    follows the run from the database (execution/fallback.py)."""
+
+    def __init__(self, run_id: str) -> None:
+        self.run_id = run_id
+
+    async def get(self, timeout: float) -> Event | None:
+        await asyncio.sleep(min(timeout, RETRY_SECONDS))
+        return None
+
+    async def close(self) -> None:
+        return None
+
+
 class RedisBroker:
     replays = True
 
@@ -77,6 +93,7 @@ class RedisBroker:
         self._idle = asyncio.Event()
         self._idle.set()
         self._writer: asyncio.Task[None] | None = None
+        self._dropped = 0
 
     async def start(self) -> None:
         await self.redis.ping()
@@ -93,6 +110,9 @@ class RedisBroker:
         await self.redis.aclose()
 
     def publish(self, run_id: str, event: str, data: Any) -> None:
+        if len(self._outbox) >= MAX_OUTBOX:  # Redis has been away long: the oldest go
+            self._outbox.popleft()
+            self._dropped += 1
         self._outbox.append((run_id, event, serialize(data)))
         self._idle.clear()
         self._wake.set()
@@ -107,7 +127,11 @@ class RedisBroker:
 
     async def subscribe(self, run_id: str, after: str | None = None) -> Subscription:
         if after is None:  # from now: after the newest event the run's stream holds
-            newest = await self.redis.xrevrange(stream_key(run_id), count=1)
+            try:
+                newest = await self.redis.xrevrange(stream_key(run_id), count=1)
+            except RedisError as exc:
+                log.warning("Redis unreachable (%s): the stream of %s follows the database", exc, run_id)
+                return UnheardSubscription(run_id)
             after = newest[0][0] if newest else "0"
         return RedisSubscription(self.redis, run_id, after)
 
@@ -132,6 +156,9 @@ class RedisBroker:
                     pipe.expire(key, self.ttl)
             try:
                 await pipe.execute()
+                if self._dropped:
+                    log.warning("Redis is back; %d run events were dropped while it was away", self._dropped)
+                    self._dropped = 0
                 return
             except RedisError as exc:
                 log.warning("writing %d run events to Redis failed (%s); retrying", len(batch), exc)

@@ -18,7 +18,7 @@ from typing import Any, Protocol
 
 import asyncpg
 
-from assistd.storage.db import Executor
+from assistd.storage.db import DatabaseUnavailable, Executor
 
 log = logging.getLogger("assistd.signals")
 QUEUED_CHANNEL = "assistd_run_queued"
@@ -95,7 +95,7 @@ class PostgresSignals(LocalSignals):
     async def _notify(self, channel: str, payload: str) -> None:
         try:
             await self.db.fetchone("SELECT pg_notify(:channel, :payload)", channel=channel, payload=payload)
-        except (asyncpg.PostgresError, OSError) as exc:
+        except (asyncpg.PostgresError, OSError, DatabaseUnavailable) as exc:
             log.warning("NOTIFY %s failed (%s); workers will find out by polling", channel, exc)
 
     async def _listen(self) -> None:

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 from collections.abc import Callable, Collection
 
@@ -19,6 +20,7 @@ from assistd.domain.ids import now
 from assistd.domain.run_state import RunStatus
 from assistd.execution.runtime import Runtime
 from assistd.execution.settle import settle
+from assistd.storage.db import DatabaseUnavailable
 from assistd.storage.vector_stores import VectorStoreStore
 
 log = logging.getLogger("assistd.sweeper")
@@ -46,6 +48,7 @@ class Sweeper:
         self.owned = owned  # runs this process executes: never orphans
         self._task: asyncio.Task[None] | None = None
         self._sweeps = 0
+        self._unreachable_at = -math.inf  # when this process last found the database unavailable
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name="assistd-sweep")
@@ -59,17 +62,28 @@ class Sweeper:
         while True:
             await asyncio.sleep(SWEEP_SECONDS)
             try:
-                await self.sweep(orphaned_before=time.time() - self.rt.settings.lease_seconds)
+                await self.sweep(orphaned_before=self._orphaned_before())
+            except DatabaseUnavailable as exc:
+                self._unreachable_at = time.time()
+                log.warning("sweep failed, the database is unavailable (%s)", exc)
             except Exception:
                 log.exception("sweep failed")
+
+    def _orphaned_before(self) -> float:
+        """Leases older than this are lapsed. While the database was out of reach nobody
+        could renew one: after an outage, workers get a whole lease to renew theirs."""
+        lease = self.rt.settings.lease_seconds
+        if time.time() - self._unreachable_at < lease:
+            return -math.inf
+        return time.time() - lease
 
     async def sweep(self, orphaned_before: float) -> None:
         owned = self.owned()
         for row in await self.rt.store.stale_runs(orphaned_before):
             if row["id"] not in owned:
                 await self._settle_orphan(row["id"], RunStatus(row["status"]), row["worker_id"])
-        for row in await self.rt.store.expirable_runs(now()):
-            await settle(self.rt.store, self.rt.broker, row["id"], RunStatus.EXPIRED)
+        for row in await self.rt.store.expirable_runs(now()):  # a running turn expires itself
+            await settle(self.rt.store, self.rt.broker, row["id"], RunStatus.EXPIRED, only_from=(row["status"],))
         if self._sweeps % PURGE_EVERY == 0:
             for vector_store_id in await VectorStoreStore(self.rt.store.db).purge_expired():
                 log.info("vector store %s expired: its chunks were deleted", vector_store_id)

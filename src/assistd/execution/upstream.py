@@ -6,6 +6,7 @@ the connection, and the upstream server sees the client go away.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -48,6 +49,7 @@ def _detail(exc: openai.APIError) -> str:
 class Upstream:
     def __init__(self, settings: Settings) -> None:
         self.max_tokens_param = settings.upstream_max_tokens_param
+        self.idle_timeout = settings.upstream_timeout
         # The SDK's own HTTP library (httpx or httpx2, by SDK version) supplies these types.
         timeout_type = type(_constants.DEFAULT_TIMEOUT)
         limits_type = type(_constants.DEFAULT_CONNECTION_LIMITS)
@@ -71,15 +73,45 @@ class Upstream:
         except openai.APIError as exc:
             raise classify(exc) from exc
         async with stream:
-            yield _guarded(stream)
+            yield _guarded(stream, self.idle_timeout)
 
     async def close(self) -> None:
         await self.client.close()
 
 
-async def _guarded(stream: AsyncIterator[ChatCompletionChunk]) -> AsyncIterator[ChatCompletionChunk]:
-    try:
-        async for chunk in stream:
-            yield chunk
-    except Exception as exc:
-        raise classify(exc) from exc
+async def _guarded(stream: AsyncIterator[ChatCompletionChunk], idle: float) -> AsyncIterator[ChatCompletionChunk]:
+    """The stream's chunks; it fails once `idle` seconds pass without a token.
+
+    The HTTP read timeout alone counts bytes, and an upstream sending only keep-alive
+    comments would then hold the run forever.
+    """
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + idle
+    chunks = aiter(stream)
+    while True:
+        try:
+            async with asyncio.timeout_at(deadline):
+                chunk = await anext(chunks)
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise UpstreamError("server_error", f"The upstream model sent no tokens for {idle:g} seconds.") from None
+        except Exception as exc:
+            raise classify(exc) from exc
+        if carries_tokens(chunk):
+            deadline = loop.time() + idle
+        yield chunk
+
+
+def carries_tokens(chunk: ChatCompletionChunk) -> bool:
+    """Whether the model produced something in this chunk (an empty delta is not progress)."""
+    if chunk.usage is not None:
+        return True
+    for choice in chunk.choices:
+        delta = choice.delta
+        if choice.finish_reason or delta.content or delta.tool_calls or delta.refusal:
+            return True
+        extra = delta.model_extra or {}
+        if extra.get("reasoning_content") or extra.get("reasoning"):  # reasoning models think first
+            return True
+    return False

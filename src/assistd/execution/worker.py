@@ -22,6 +22,7 @@ from assistd.execution.executor import RunTurn, StopReason
 from assistd.execution.ingest import Ingester
 from assistd.execution.runtime import Runtime
 from assistd.execution.sweeper import Sweeper
+from assistd.storage.db import DatabaseUnavailable
 
 log = logging.getLogger("assistd.worker")
 POLL_SECONDS = 1.0
@@ -64,6 +65,8 @@ class Worker:
         if entry is None:
             return False
         turn, task = entry
+        if reason == StopReason.EXPIRE and turn.ending:
+            return False
         turn.stop_reason = reason
         task.cancel()
         return True
@@ -78,6 +81,8 @@ class Worker:
             queued.clear()
             try:
                 await self._claim_available()
+            except DatabaseUnavailable as exc:
+                log.warning("claiming runs failed, the database is unavailable (%s); retrying", exc)
             except Exception:
                 log.exception("claiming runs failed; retrying")
 
@@ -94,9 +99,19 @@ class Worker:
         turn = RunTurn(self.rt, run)
         task = asyncio.create_task(turn.execute(), name=f"run-{run['id']}")
         self.turns[run["id"]] = (turn, task)
-        task.add_done_callback(lambda _: self._turn_done(run["id"]))
+        expiry = self._expire_later(run)
+        task.add_done_callback(lambda _: self._turn_done(run["id"], expiry))
 
-    def _turn_done(self, run_id: str) -> None:
+    def _expire_later(self, run: dict[str, Any]) -> asyncio.TimerHandle | None:
+        """Stop the turn at the run's `expires_at`, however the upstream behaves meanwhile."""
+        if run.get("expires_at") is None:
+            return None
+        delay = max(0.0, float(run["expires_at"]) - time.time())
+        return asyncio.get_running_loop().call_later(delay, self.stop_run, run["id"], StopReason.EXPIRE)
+
+    def _turn_done(self, run_id: str, expiry: asyncio.TimerHandle | None = None) -> None:
+        if expiry is not None:
+            expiry.cancel()
         self.turns.pop(run_id, None)
         if len(self.turns) == self.concurrency - 1:
             self.rt.signals.queued.set()  # a slot is free again: look at the queue
@@ -109,6 +124,9 @@ class Worker:
             running = list(self.turns)
             try:
                 held = await self.rt.store.heartbeat(self.id, running, time.time())
+            except DatabaseUnavailable as exc:
+                log.warning("heartbeat failed, the database is unavailable (%s)", exc)
+                continue
             except Exception:
                 log.exception("heartbeat failed")
                 continue

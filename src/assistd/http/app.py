@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
@@ -24,21 +25,32 @@ from assistd.http import assistants, files, runs, threads, vector_stores
 from assistd.http.auth import ApiKeyMiddleware
 from assistd.http.edge import EdgeMiddleware
 from assistd.http.errors import (
+    RETRY_AFTER_SECONDS,
     api_error_handler,
     cursor_handler,
+    database_unavailable_handler,
     http_error_handler,
     unexpected_handler,
     validation_handler,
 )
+from assistd.storage.db import DatabaseUnavailable
 from assistd.storage.pages import UnknownCursor
 from assistd.ui.serve import ConsoleMiddleware
 
 log = logging.getLogger("assistd")
 
 
+HEALTH_TIMEOUT_SECONDS = 5.0
+
+
 async def healthz(request: Request) -> Response:
+    """200 while the database answers; 503 (with Retry-After) while it doesn't."""
     rt: Runtime = request.app.state.runtime
-    await rt.store.db.fetchone("SELECT 1 AS ok")
+    try:
+        await asyncio.wait_for(rt.store.db.fetchone("SELECT 1 AS ok"), HEALTH_TIMEOUT_SECONDS)
+    except (DatabaseUnavailable, TimeoutError):
+        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503,
+                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
     return JSONResponse({"status": "ok"})
 
 
@@ -82,6 +94,7 @@ def create_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
             # answered without closing the connection, as the catch-all below does (a full disk: 507)
             OSError: unexpected_handler,
             sqlite3.Error: unexpected_handler,
+            DatabaseUnavailable: database_unavailable_handler,
             Exception: unexpected_handler,
         },
         lifespan=lifespan,

@@ -12,6 +12,7 @@ from starlette.responses import JSONResponse, Response
 
 from assistd.domain.errors import ApiError, invalid
 from assistd.http.json_checks import check_json
+from assistd.storage.db import DatabaseUnavailable
 from assistd.storage.pages import UnknownCursor
 from assistd.storage.space import disk_full_error, is_disk_full
 
@@ -77,6 +78,22 @@ async def http_error_handler(request: Request, exc: Exception) -> Response:
     else:
         message = str(exc.detail)
     return error_response(ApiError(exc.status_code, message))
+
+
+RETRY_AFTER_SECONDS = 5  # what a 503 asks a client to wait; a database restart takes about that
+
+
+def unavailable_response(message: str) -> Response:
+    """503 with Retry-After: the request was fine, assistd can't serve it right now."""
+    response = error_response(ApiError(503, message, type="server_error"))
+    response.headers["Retry-After"] = str(RETRY_AFTER_SECONDS)
+    return response
+
+
+async def database_unavailable_handler(_: Request, exc: Exception) -> Response:
+    assert isinstance(exc, DatabaseUnavailable)
+    log.warning("answered 503: the database is unavailable (%s)", exc)
+    return unavailable_response("The database is unavailable. Please retry your request after a brief wait.")
 
 
 async def unexpected_handler(request: Request, exc: Exception) -> Response:

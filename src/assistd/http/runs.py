@@ -12,7 +12,7 @@ from starlette.routing import Route
 
 from assistd.domain.errors import invalid
 from assistd.domain.objects import new_thread
-from assistd.execution import attachments, commands, file_search
+from assistd.execution import attachments, commands, fallback, file_search
 from assistd.execution.broker import FROM_START, Event
 from assistd.execution.runtime import Runtime
 from assistd.http.common import ok, page, params, path, runtime
@@ -117,6 +117,8 @@ async def submit_tool_outputs(request: Request) -> Response:
     rt, thread_id, run_id = runtime(request), path(request, "thread_id"), path(request, "run_id")
     shape = step_shape(request)
     parsed, data = await params(request, SubmitToolOutputs)
+    # Read before the run moves on (it waits for these outputs), so a fallback knows the past.
+    delivered = await fallback.delivered_now(rt.store, run_id) if parsed.stream else None
     sub = await rt.broker.subscribe(run_id) if parsed.stream else None
     try:
         run, steps = await commands.submit_tool_outputs(rt, thread_id, run_id, data["tool_outputs"])
@@ -127,7 +129,7 @@ async def submit_tool_outputs(request: Request) -> Response:
     await rt.signals.run_queued()
     if sub is None:
         return ok(run)
-    return stream_response(rt, sub, commands.queued_events(run, steps), shape)
+    return stream_response(rt, sub, commands.queued_events(run, steps), shape, delivered)
 
 
 async def events(request: Request) -> Response:
@@ -143,14 +145,16 @@ async def events(request: Request) -> Response:
         raise invalid(f"Invalid event id '{after}': expected one from a frame's `id:` line, or 0.", "after")
     await rt.store.get_run(thread_id, run_id)  # 404 for an unknown run
     if after and rt.broker.replays:
-        return stream_response(rt, await rt.broker.subscribe(run_id, after), [])
+        past = None if after == FROM_START else await fallback.delivered_now(rt.store, run_id)
+        return stream_response(rt, await rt.broker.subscribe(run_id, after), [], delivered=past)
     sub = await rt.broker.subscribe(run_id)
     try:
         run = await rt.store.get_run(thread_id, run_id)  # read after subscribing: nothing falls between
+        delivered = await fallback.delivered_now(rt.store, run_id)
     except BaseException:
         await sub.close()
         raise
-    return stream_response(rt, sub, [Event(f"thread.run.{run['status']}", run)])
+    return stream_response(rt, sub, [Event(f"thread.run.{run['status']}", run)], delivered=delivered)
 
 
 async def list_steps(request: Request) -> Response:

@@ -11,12 +11,11 @@ from starlette.responses import StreamingResponse
 
 from assistd.domain.run_state import STREAM_STOPS
 from assistd.execution.broker import Event, Subscription, serialize
+from assistd.execution.fallback import Delivered, Follower
 from assistd.execution.runtime import Runtime
 
 log = logging.getLogger("assistd.sse")
 STOP_EVENTS = frozenset(f"thread.run.{status.value}" for status in STREAM_STOPS)
-# A quiet stream re-reads the run now and then, in case it ended somewhere we can't hear.
-QUIET_SECONDS = 5.0
 
 
 def frame(event: str, data: Any, event_id: str = "") -> bytes:
@@ -40,9 +39,10 @@ def _shaped(event: Event, shape: Shape | None) -> Event:
     return Event(event.event, shape(data), event.id)
 
 
-async def _events(rt: Runtime, sub: Subscription, first: Iterable[Event], shape: Shape | None) -> AsyncIterator[bytes]:
+async def _events(rt: Runtime, sub: Subscription, first: Iterable[Event], shape: Shape | None,
+                  delivered: Delivered | None) -> AsyncIterator[bytes]:
     try:
-        async for chunk in _run_events(rt, sub, first, shape):
+        async for chunk in _run_events(rt, sub, first, shape, delivered):
             yield chunk
     except Exception:
         log.exception("stream of run %s broke", sub.run_id)
@@ -53,28 +53,14 @@ async def _events(rt: Runtime, sub: Subscription, first: Iterable[Event], shape:
         await sub.close()
 
 
-async def _next_event(rt: Runtime, sub: Subscription) -> Event | None:
-    """The run's next event; None once the run has stopped without one reaching us."""
-    while True:
-        event = await sub.get(QUIET_SECONDS)
-        if event is not None:
-            return event
-        run = await rt.store.get_run_by_id(sub.run_id)
-        # The read may have waited (a busy pool): what the run published meanwhile comes first.
-        event = await sub.get(0)
-        if event is not None:
-            return event
-        if run is None:
-            return None
-        if run["status"] in STREAM_STOPS:
-            return Event(f"thread.run.{run['status']}", run)
-
-
 async def _run_events(rt: Runtime, sub: Subscription, first: Iterable[Event],
-                      shape: Shape | None) -> AsyncIterator[bytes]:
+                      shape: Shape | None, delivered: Delivered | None = None) -> AsyncIterator[bytes]:
+    """The run's events until it stops; from the database when the broker goes quiet and
+    the database knows more (see execution/fallback.py)."""
+    follower = Follower(rt.store, sub, delivered)
     pending = list(first)
     while True:
-        event = pending.pop(0) if pending else await _next_event(rt, sub)
+        event = follower.sent(pending.pop(0)) if pending else await follower.next()
         if event is None:
             break
         shaped = _shaped(event, shape)
@@ -85,11 +71,12 @@ async def _run_events(rt: Runtime, sub: Subscription, first: Iterable[Event],
 
 
 def stream_response(rt: Runtime, sub: Subscription, first: Iterable[Event],
-                    shape: Shape | None = None) -> StreamingResponse:
+                    shape: Shape | None = None, delivered: Delivered | None = None) -> StreamingResponse:
     """Stream a run's events to the client; a client that goes away leaves the run running.
-    `shape`, if given, rewrites each run step event's object."""
+    `shape`, if given, rewrites each run step event's object. `delivered`: what the client
+    already has of a run with a past (None: the run is new)."""
     return StreamingResponse(
-        _events(rt, sub, list(first), shape),
+        _events(rt, sub, list(first), shape, delivered),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )

@@ -10,8 +10,8 @@ from __future__ import annotations
 import asyncio
 import re
 import sqlite3
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator, Sequence
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -20,6 +20,12 @@ import asyncpg
 
 Row = dict[str, Any]
 _PARAM = re.compile(r"(?<!:):([a-zA-Z_][a-zA-Z0-9_]*)")
+CONNECT_TIMEOUT_SECONDS = 10.0  # a server that accepts TCP but never answers must not hang a request
+
+
+class DatabaseUnavailable(Exception):
+    """The database can't be reached (down, restarting, unreachable, out of connections):
+    the same request may succeed a few seconds later."""
 
 
 class Executor(Protocol):
@@ -164,6 +170,34 @@ class SQLiteDatabase:
 
 # ---------------------------------------------------------------- PostgreSQL
 
+# Errors that say the server is out of reach, not that a statement was wrong. (TimeoutError,
+# a connect that got no answer, is an OSError.)
+_UNREACHABLE = (
+    OSError,
+    asyncpg.PostgresConnectionError,  # includes a connection lost mid-statement
+    asyncpg.CannotConnectNowError,  # starting up, or shutting down
+    asyncpg.AdminShutdownError,
+    asyncpg.CrashShutdownError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def _unreachable(exc: BaseException) -> bool:
+    if isinstance(exc, asyncpg.InterfaceError):  # asyncpg's word for a connection it found closed
+        return "closed" in str(exc)
+    return isinstance(exc, _UNREACHABLE)
+
+
+@contextmanager
+def _reaching() -> Iterator[None]:
+    """Turn the driver's ways of saying "the server is gone" into DatabaseUnavailable."""
+    try:
+        yield
+    except Exception as exc:
+        if _unreachable(exc):
+            raise DatabaseUnavailable(f"{type(exc).__name__}: {exc}") from exc
+        raise
+
 
 def _to_dollar(sql: str, params: dict[str, Any]) -> tuple[str, list[Any]]:
     names: list[str] = []
@@ -183,16 +217,19 @@ class _PGConn:
 
     async def fetchone(self, sql: str, **params: Any) -> Row | None:
         text, args = _to_dollar(sql, params)
-        row = await self.conn.fetchrow(text, *args)
+        with _reaching():
+            row = await self.conn.fetchrow(text, *args)
         return dict(row) if row is not None else None
 
     async def fetchall(self, sql: str, **params: Any) -> list[Row]:
         text, args = _to_dollar(sql, params)
-        return [dict(r) for r in await self.conn.fetch(text, *args)]
+        with _reaching():
+            return [dict(r) for r in await self.conn.fetch(text, *args)]
 
     async def execute(self, sql: str, **params: Any) -> int:
         text, args = _to_dollar(sql, params)
-        status: str = await self.conn.execute(text, *args)
+        with _reaching():
+            status: str = await self.conn.execute(text, *args)
         tail = status.rsplit(" ", 1)[-1]
         return int(tail) if tail.isdigit() else 0
 
@@ -200,7 +237,8 @@ class _PGConn:
         """One statement for many parameter sets (in a transaction: many rows in one go)."""
         if rows:
             text, _ = _to_dollar(sql, rows[0])
-            await self.conn.executemany(text, [_to_dollar(sql, row)[1] for row in rows])
+            with _reaching():
+                await self.conn.executemany(text, [_to_dollar(sql, row)[1] for row in rows])
 
 
 class PostgresDatabase:
@@ -214,7 +252,7 @@ class PostgresDatabase:
 
     async def connect(self) -> None:
         self._pool = await asyncpg.create_pool(
-            self.url, min_size=self._sizes[0], max_size=self._sizes[1]
+            self.url, min_size=self._sizes[0], max_size=self._sizes[1], timeout=CONNECT_TIMEOUT_SECONDS
         )
 
     async def close(self) -> None:
@@ -227,25 +265,57 @@ class PostgresDatabase:
         return self._pool
 
     @asynccontextmanager
-    async def transaction(self) -> AsyncIterator[_PGConn]:
-        async with self.pool.acquire() as conn, conn.transaction():
+    async def _connection(self) -> AsyncIterator[_PGConn]:
+        """A pooled connection; only the driver's own failures become DatabaseUnavailable
+        (an OSError of the caller's, a full disk say, stays what it is)."""
+        with _reaching():
+            conn = await self.pool.acquire()
+        try:
             yield _PGConn(conn)
+        finally:
+            with _reaching():
+                await self.pool.release(conn)
+
+    @asynccontextmanager
+    async def transaction(self) -> AsyncIterator[_PGConn]:
+        async with self._connection() as pg:
+            tx = pg.conn.transaction()
+            with _reaching():
+                await tx.start()
+            try:
+                yield pg
+            except BaseException:
+                await _roll_back(tx)
+                raise
+            with _reaching():
+                await tx.commit()
 
     async def fetchone(self, sql: str, **params: Any) -> Row | None:
-        async with self.pool.acquire() as conn:
-            return await _PGConn(conn).fetchone(sql, **params)
+        async with self._connection() as pg:
+            return await pg.fetchone(sql, **params)
 
     async def fetchall(self, sql: str, **params: Any) -> list[Row]:
-        async with self.pool.acquire() as conn:
-            return await _PGConn(conn).fetchall(sql, **params)
+        async with self._connection() as pg:
+            return await pg.fetchall(sql, **params)
 
     async def execute(self, sql: str, **params: Any) -> int:
-        async with self.pool.acquire() as conn:
-            return await _PGConn(conn).execute(sql, **params)
+        async with self._connection() as pg:
+            return await pg.execute(sql, **params)
 
     async def executescript(self, sql: str) -> None:
-        async with self.pool.acquire() as conn:
-            await conn.execute(sql)
+        async with self._connection() as pg:
+            with _reaching():
+                await pg.conn.execute(sql)
+
+
+async def _roll_back(tx: Any) -> None:
+    """Roll back after a failure; on a lost connection there is nothing to roll back, and
+    the failure that got us here is the one to report."""
+    try:
+        await tx.rollback()
+    except Exception as exc:
+        if not _unreachable(exc):
+            raise
 
 
 def open_database(url: str, pool_size: int = 20) -> SQLiteDatabase | PostgresDatabase:

@@ -117,6 +117,22 @@ class Store:
             raise not_found("thread", thread_id)
         return row["active_run_id"]  # type: ignore[no-any-return]
 
+    async def lock_thread_of_run(self, tx: Executor, run_id: str) -> bool:
+        """Within a transaction that writes a run's rows: lock its thread's row first.
+
+        Deleting a thread locks the thread, then (by cascade) its messages, runs and steps;
+        a writer that took a run's rows first and the thread last could wait on it in a
+        circle (PostgreSQL's deadlock). KEY SHARE only waits for a delete. False when the
+        run or its thread is gone. SQLite's one writer already serializes transactions.
+        """
+        if self.db.dialect != "postgresql":
+            return True
+        row = await tx.fetchone(
+            "SELECT t.id FROM runs r JOIN threads t ON t.id = r.thread_id WHERE r.id = :r FOR KEY SHARE OF t",
+            r=run_id,
+        )
+        return row is not None
+
     async def lock_idle_thread(self, tx: Executor, thread_id: str) -> None:
         """Within a transaction: hold the thread's row and insist no run is active on it.
 
@@ -273,6 +289,8 @@ class Store:
         if db is None:
             async with self.db.transaction() as tx:
                 return await self.transition(run_id, target, tx, only_from=only_from, holder=holder, **fields)
+        if target not in ACTIVE:  # the thread's row is written too: it is locked first
+            await self.lock_thread_of_run(db, run_id)
         allowed = only_from or sources(target)
         params: dict[str, Any] = {"id": run_id, "target": target.value}
         held = ""
