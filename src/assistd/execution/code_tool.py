@@ -240,8 +240,9 @@ def chat_call(call: Obj) -> Obj:
 # ---------------------------------------------------------------- the answer
 
 
-def file_paths(text: str, steps: list[Obj]) -> list[Obj]:
-    """A `file_path` annotation for each sandbox:/mnt/data/<name> that the run's code wrote."""
+def file_paths(text: str, steps: list[Obj], *, settled: bool = True) -> list[Obj]:
+    """A `file_path` annotation for each sandbox:/mnt/data/<name> that the run's code wrote.
+    While the text still streams (`settled` false), a path running to its end may grow: left out."""
     written: dict[str, str] = {}
     for call in o.tool_calls_of(steps, NAME):
         for output in call[NAME]["outputs"]:
@@ -249,6 +250,8 @@ def file_paths(text: str, steps: list[Obj]) -> list[Obj]:
                 written.update(WRITTEN.findall(output["logs"]))
     found = []
     for match in PATH_MENTION.finditer(text):
+        if not settled and match.end() == len(text):
+            continue
         name = match.group(1).rstrip(".,;:")
         if name in written:
             end = match.start() + len("sandbox:/mnt/data/") + len(name)

@@ -22,6 +22,7 @@ from assistd.domain import objects as o
 from assistd.domain.ids import new_id, now
 from assistd.domain.run_state import RunStatus
 from assistd.execution import code_tool, file_search, prompt
+from assistd.execution.message_parts import StreamedText, image_delta
 from assistd.execution.runtime import Runtime
 from assistd.execution.settle import Settled, run_usage, settle, settle_in
 from assistd.execution.sweeper import hand_back
@@ -58,6 +59,8 @@ class RunTurn:
         self.calls: dict[int, Obj] = {}
         self.code_inputs: dict[int, code_tool.InputStream] = {}
         self.text: list[str] = []
+        self.images: list[Obj] = []  # the message's image_file parts, before its text
+        self.streamed: StreamedText | None = None  # the message's text part, as sent
         self.usage: Obj | None = None
         self.finish_reason: str | None = None
         self.prompt_estimate = 0
@@ -110,6 +113,8 @@ class RunTurn:
         self.searching = bool(self.store_ids) and file_search.rounds(steps) < file_search.MAX_ROUNDS
         self.coding = (self.rt.code_pool is not None and code_tool.tool(self.run) is not None
                        and code_tool.rounds(steps) < code_tool.MAX_ROUNDS)
+        if self.message is None and code_tool.image_parts(steps):
+            await self._open_message()  # the images are shown as soon as they exist
         request = self._request(history, steps, used)
         if isinstance(request, str):
             await self._end_incomplete(request)
@@ -187,23 +192,44 @@ class RunTurn:
         self.publish("thread.run.step.in_progress", step)
         self.publish("thread.message.created", message)
         self.publish("thread.message.in_progress", message)
+        await self._show_images()
+
+    async def _show_images(self) -> None:
+        """The images the run's code displayed since its last message open this one, each a
+        delta at its own content index."""
+        assert self.message is not None
+        self.images = code_tool.image_parts(self.steps)
+        if not self.images:
+            return
+        self._sync_text()
+        await self.rt.store.save_message(self.message)
+        for index, part in enumerate(self.images):
+            self._publish_delta(image_delta(index, part))
+
+    def _publish_delta(self, part: Obj) -> None:
+        assert self.message is not None
+        self.publish("thread.message.delta", self._delta(part))
+
+    def _delta(self, part: Obj) -> Obj:
+        assert self.message is not None
+        return {"id": self.message["id"], "object": "thread.message.delta", "delta": {"content": [part]}}
 
     async def _on_text(self, piece: str) -> None:
         if self.message is None:
             await self._open_message()
         assert self.message is not None
+        if self.streamed is None:
+            self.streamed = StreamedText(self.steps, len(self.images))
         self.text.append(piece)
-        self.publish("thread.message.delta", {
-            "id": self.message["id"],
-            "object": "thread.message.delta",
-            "delta": {"content": [{"index": 0, "type": "text", "text": {"value": piece, "annotations": []}}]},
-        })
+        if (part := self.streamed.feed(piece)) is not None:
+            self._publish_delta(part)
         if time.monotonic() - self.last_flush >= FLUSH_SECONDS:
             await self._flush_text()
 
     def _sync_text(self) -> None:
         if self.message is not None:
-            self.message["content"] = [o.text_part("".join(self.text))]
+            text = [self.streamed.part()] if self.streamed is not None else []
+            self.message["content"] = [*self.images, *text]
 
     async def _flush_text(self) -> None:
         """Keep the partial answer durable while it streams (retrievable, and kept on a crash)."""
@@ -361,14 +387,9 @@ class RunTurn:
 
     async def _complete_message(self, tx: Any, *, truncated: bool, usage: Obj | None) -> list[tuple[str, Obj]]:
         assert self.message is not None and self.message_step is not None
+        last = self._last_text_delta()
         self._sync_text()
         message, step = self.message, self.message_step
-        for part in message["content"]:
-            text = part["text"]["value"]
-            part["text"]["annotations"] = sorted(
-                file_search.citations(text, self.steps) + code_tool.file_paths(text, self.steps),
-                key=lambda a: a["start_index"])
-        message["content"] += code_tool.image_parts(self.steps)
         if truncated:
             message.update(status="incomplete", incomplete_at=now(), incomplete_details={"reason": "max_tokens"})
         else:
@@ -377,7 +398,20 @@ class RunTurn:
             "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
         await self.rt.store.save_message(message, tx)
         await self.rt.store.save_step(step, tx)
-        return [(f"thread.message.{message['status']}", message), ("thread.run.step.completed", step)]
+        return [*last, (f"thread.message.{message['status']}", message), ("thread.run.step.completed", step)]
+
+    def _last_text_delta(self) -> list[tuple[str, Obj]]:
+        """The delta that ends the text: the annotation of a path at its very end, or the empty
+        text part of a message that has nothing else (so deltas add up to the whole message)."""
+        if self.streamed is None and self.images:
+            return []
+        if self.streamed is None:
+            self.streamed = StreamedText(self.steps, 0)
+            part: Obj | None = self.streamed.feed("")
+            part = part or {"index": 0, "type": "text", "text": {"value": "", "annotations": []}}
+        else:
+            part = self.streamed.feed("", final=True)
+        return [] if part is None else [("thread.message.delta", self._delta(part))]
 
     async def _require_action(self, tx: Any, usage: Obj) -> Obj | None:
         assert self.tool_step is not None
