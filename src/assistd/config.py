@@ -57,6 +57,8 @@ class Settings:
     code_disk_mb: int = 256
     code_output_chars: int = 20_000
     code_dir: Path = field(default_factory=lambda: Path("/tmp/assistd-code"))
+    upstream_max_retries: int = 2
+    sse_keepalive_seconds: float = 15.0
 
     @property
     def resolved_database_url(self) -> str:
@@ -110,6 +112,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         code_disk_mb=max(1, int(_float(env, "ASSISTD_CODE_DISK_MB", 256))),
         code_output_chars=max(100, int(_float(env, "ASSISTD_CODE_OUTPUT_CHARS", 20_000))),
         code_dir=Path(env.get("ASSISTD_CODE_DIR") or "/tmp/assistd-code"),
+        upstream_max_retries=max(0, int(_float(env, "ASSISTD_UPSTREAM_MAX_RETRIES", 2))),
+        sse_keepalive_seconds=max(0.1, _float(env, "ASSISTD_SSE_KEEPALIVE_SECONDS", 15.0)),
     )
 
 

@@ -62,6 +62,7 @@ class Reply:
     error_code: str | None = None
     usage: Obj | None = None  # overrides prompt_tokens / completion_tokens
     before_headers: bool = False  # hang: send nothing at all
+    headers: tuple[tuple[str, str], ...] = ()  # extra response headers (e.g. Retry-After)
 
     @staticmethod
     def text(text: str = "", *, chunk_delay: float = 0.0, chunks: list[str] | None = None,
@@ -83,10 +84,12 @@ class Reply:
 
     @staticmethod
     def error(status: int, message: str = "scripted upstream error", *, type: str | None = None,
-              code: str | None = None) -> Reply:
-        """An HTTP error with OpenAI's envelope `{"error": {message, type, param, code}}`."""
+              code: str | None = None, retry_after: str | None = None) -> Reply:
+        """An HTTP error with OpenAI's envelope `{"error": {message, type, param, code}}`
+        (and a `Retry-After` header when given)."""
+        headers = (("Retry-After", retry_after),) if retry_after is not None else ()
         return Reply("error", status=status, message=message, error_type=type, error_code=code,
-                     finish_reason=None)
+                     finish_reason=None, headers=headers)
 
     @staticmethod
     def drop(after_chunks: int = 1, *, chunk_delay: float = 0.0) -> Reply:
@@ -469,7 +472,7 @@ async def _send_reply(record: RequestRecord, reply: Reply, writer: asyncio.Strea
         await asyncio.Future()  # until the client leaves
     if reply.kind == "error":
         await _send_json(writer, reply.status, _error_body(reply.status, reply.message, reply.error_type,
-                                                           reply.error_code))
+                                                           reply.error_code), reply.headers)
         record.end("error")
         return
     if not record.body.get("stream"):
@@ -637,10 +640,12 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
     return bytes(body)
 
 
-def _head(status: int, content_type: str, length: int = 0, *, chunked: bool = False) -> bytes:
+def _head(status: int, content_type: str, length: int = 0, *, chunked: bool = False,
+          extra: Iterable[tuple[str, str]] = ()) -> bytes:
     lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}", f"Content-Type: {content_type}",
              "Cache-Control: no-cache", "Connection: close", "x-request-id: req_" + secrets.token_hex(8),
              "Transfer-Encoding: chunked" if chunked else f"Content-Length: {length}"]
+    lines += [f"{name}: {value}" for name, value in extra]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -649,9 +654,10 @@ def _chunked(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-async def _send_json(writer: asyncio.StreamWriter, status: int, payload: Any) -> None:
+async def _send_json(writer: asyncio.StreamWriter, status: int, payload: Any,
+                     headers: Iterable[tuple[str, str]] = ()) -> None:
     data = json.dumps(payload).encode()
-    writer.write(_head(status, "application/json", len(data)) + data)
+    writer.write(_head(status, "application/json", len(data), extra=headers) + data)
     await writer.drain()
 
 

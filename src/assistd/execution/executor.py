@@ -119,7 +119,7 @@ class RunTurn:
         if isinstance(request, str):
             await self._end_incomplete(request)
             return False
-        async with self.rt.upstream.stream(request) as chunks:
+        async with self.rt.upstream.stream(request, deadline=self.run.get("expires_at")) as chunks:
             async for chunk in chunks:
                 await self._on_chunk(chunk)
         if self.finish_reason is None:  # the connection ended without the completion's end
