@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -27,6 +28,16 @@ def frame(event: str, data: Any, event_id: str = "") -> bytes:
 
 
 DONE = frame("done", "[DONE]")
+# Sent when the stream has been quiet for ASSISTD_SSE_KEEPALIVE_SECONDS, so that proxies and
+# clients with read timeouts keep the connection; SSE clients ignore comment lines.
+KEEPALIVE = b": keep-alive\n\n"
+
+
+class _Quiet:
+    """Nothing happened within the wait."""
+
+
+QUIET = _Quiet()
 
 
 Shape = Callable[[Any], Any]  # rewrites an event's object before it is sent (e.g. `include[]`)
@@ -53,32 +64,43 @@ async def _events(rt: Runtime, sub: Subscription, first: Iterable[Event], shape:
         await sub.close()
 
 
-async def _next_event(rt: Runtime, sub: Subscription) -> Event | None:
-    """The run's next event; None once the run has stopped without one reaching us."""
-    while True:
-        event = await sub.get(QUIET_SECONDS)
-        if event is not None:
-            return event
-        run = await rt.store.get_run_by_id(sub.run_id)
-        # The read may have waited (a busy pool): what the run published meanwhile comes first.
-        event = await sub.get(0)
-        if event is not None:
-            return event
-        if run is None:
-            return None
-        if run["status"] in STREAM_STOPS:
-            return Event(f"thread.run.{run['status']}", run)
+async def _next_event(rt: Runtime, sub: Subscription, wait: float) -> Event | _Quiet | None:
+    """The run's next event within `wait` seconds, else QUIET; None once the run has stopped
+    without one reaching us."""
+    event = await sub.get(wait)
+    if event is not None:
+        return event
+    run = await rt.store.get_run_by_id(sub.run_id)
+    # The read may have waited (a busy pool): what the run published meanwhile comes first.
+    event = await sub.get(0)
+    if event is not None:
+        return event
+    if run is None:
+        return None
+    if run["status"] in STREAM_STOPS:
+        return Event(f"thread.run.{run['status']}", run)
+    return QUIET
 
 
 async def _run_events(rt: Runtime, sub: Subscription, first: Iterable[Event],
                       shape: Shape | None) -> AsyncIterator[bytes]:
     pending = list(first)
+    keepalive = rt.settings.sse_keepalive_seconds
+    last_sent = time.monotonic()
     while True:
-        event = pending.pop(0) if pending else await _next_event(rt, sub)
+        quiet_for = time.monotonic() - last_sent
+        event = pending.pop(0) if pending else await _next_event(
+            rt, sub, max(0.0, min(QUIET_SECONDS, keepalive - quiet_for)))
         if event is None:
             break
+        if isinstance(event, _Quiet):
+            if time.monotonic() - last_sent >= keepalive:
+                yield KEEPALIVE
+                last_sent = time.monotonic()
+            continue
         shaped = _shaped(event, shape)
         yield frame(shaped.event, shaped.data, shaped.id)
+        last_sent = time.monotonic()
         if event.event in STOP_EVENTS:
             break
     yield DONE
