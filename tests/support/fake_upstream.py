@@ -209,6 +209,8 @@ class FakeUpstream:
         self.embedding_batches: list[int] = []  # texts per /v1/embeddings request, in order
         self.fail_embeddings = False
         self.embeddings_delay = 0.0  # seconds before each /v1/embeddings answer
+        self.models: list[Obj] | None = None  # what GET /v1/models lists; None: no such route (404)
+        self.models_requests = 0
 
     # ------------------------------------------------------------ script
 
@@ -238,6 +240,8 @@ class FakeUpstream:
             self.embedding_batches.clear()
             self.fail_embeddings = False
             self.embeddings_delay = 0.0
+            self.models = None
+            self.models_requests = 0
 
     def _pick(self, marker: str) -> Reply:
         with self._lock:
@@ -264,6 +268,16 @@ class FakeUpstream:
         data = [{"object": "embedding", "index": i, "embedding": embed_text(t)} for i, t in enumerate(texts)]
         return 200, {"object": "list", "data": data, "model": parsed.get("model", ""),
                      "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+
+    # ------------------------------------------------------------ models
+
+    def _models(self) -> tuple[int, Obj]:
+        with self._lock:
+            self.models_requests += 1
+            models = self.models
+        if models is None:
+            return 404, _error_body(404, "no route GET /v1/models")
+        return 200, {"object": "list", "data": models}
 
     # ------------------------------------------------------------ the log
 
@@ -418,6 +432,8 @@ class FakeUpstream:
         if method == "POST" and path in ("/v1/embeddings", "/embeddings"):
             await asyncio.sleep(self.embeddings_delay)
             return await _send_json(writer, *self._embeddings(body))
+        if method == "GET" and path in ("/v1/models", "/models"):
+            return await _send_json(writer, *self._models())
         if path not in ("/v1/chat/completions", "/chat/completions"):
             return await _send_json(writer, 404, _error_body(404, f"no route {method} {path}"))
         if method != "POST":

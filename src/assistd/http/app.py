@@ -20,6 +20,7 @@ from assistd.execution.runtime import Runtime, close_runtime, open_runtime
 from assistd.execution.sweeper import Sweeper
 from assistd.execution.worker import Worker
 from assistd.http import assistants, files, runs, threads, vector_stores
+from assistd.http import model_list
 from assistd.http.auth import ApiKeyMiddleware
 from assistd.http.errors import (
     api_error_handler,
@@ -63,7 +64,7 @@ def create_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Mount("/v1", routes=[*assistants.routes, *files.routes, *runs.routes, *threads.routes,
-                                 *vector_stores.routes]),
+                                 *vector_stores.routes, *model_list.routes]),
         ],
         middleware=[Middleware(ApiKeyMiddleware, keys=settings.api_keys)],
         exception_handlers={
