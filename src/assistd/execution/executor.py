@@ -21,7 +21,7 @@ from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 from assistd.domain import objects as o
 from assistd.domain.ids import new_id, now
 from assistd.domain.run_state import RunStatus
-from assistd.execution import code_tool, file_search, prompt
+from assistd.execution import code_tool, file_search, prompt, vision
 from assistd.execution.message_parts import StreamedText, image_delta
 from assistd.execution.runtime import Runtime
 from assistd.execution.settle import Settled, run_usage, settle, settle_in
@@ -115,7 +115,8 @@ class RunTurn:
                        and code_tool.rounds(steps) < code_tool.MAX_ROUNDS)
         if self.message is None and code_tool.image_parts(steps):
             await self._open_message()  # the images are shown as soon as they exist
-        request = self._request(history, steps, used)
+        images = await vision.data_urls(FileStore(store.db, self.rt.settings.files_dir), history)
+        request = self._request(history, steps, used, images)
         if isinstance(request, str):
             await self._end_incomplete(request)
             return False
@@ -133,13 +134,14 @@ class RunTurn:
         completion_left = None if max_completion is None else max_completion - used["completion_tokens"]
         return prompt_left, completion_left
 
-    def _request(self, history: list[Obj], steps: list[Obj], used: Obj) -> Obj | str:
-        """The upstream request, or the budget (`incomplete_details.reason`) that forbids it."""
+    def _request(self, history: list[Obj], steps: list[Obj], used: Obj, images: dict[str, str]) -> Obj | str:
+        """The upstream request, or the budget (`incomplete_details.reason`) that forbids it;
+        `images`: the data: URLs of the user's image files."""
         prompt_left, completion_left = self._budgets(used)
         if completion_left is not None and completion_left <= 0:
             return "max_completion_tokens"
         run_messages = [m for m in history if m["run_id"] == self.run_id]
-        thread, own = prompt.conversation(self.run, history, steps, run_messages)
+        thread, own = prompt.conversation(self.run, history, steps, run_messages, images)
         try:
             messages = prompt.truncate(self.run, prompt.system_messages(self.run), thread, own, prompt_left)
         except prompt.PromptTooLong:
