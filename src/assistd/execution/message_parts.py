@@ -23,7 +23,8 @@ class StreamedText:
         self.value = ""
         self.annotations: list[Obj] = []
         self._sent: set[tuple[str, int]] = set()
-        self._citable = bool(o.tool_calls_of(steps, file_search.NAME) or o.tool_calls_of(steps, code_tool.NAME))
+        self._written = code_tool.written_files(steps)  # read once: the text is rescanned on every piece
+        self._citable = bool(self._written or o.tool_calls_of(steps, file_search.NAME))
 
     def feed(self, piece: str, *, final: bool = False) -> Obj | None:
         """Add a piece; the content delta to send (None when there is nothing new).
@@ -36,7 +37,7 @@ class StreamedText:
 
     def _new_annotations(self, final: bool) -> list[Obj]:
         found = file_search.citations(self.value, self.steps) + code_tool.file_paths(
-            self.value, self.steps, settled=final)
+            self.value, self.steps, settled=final, written=self._written)
         new = []
         for annotation in sorted(found, key=lambda a: a["start_index"]):
             key = (annotation["type"], annotation["start_index"])
