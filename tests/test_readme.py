@@ -26,19 +26,22 @@ pytestmark = [pytest.mark.timeout(180),
                                  reason=f"the quickstart's code_interpreter example needs the sandbox: {problem}")]
 
 
-def quickstart_code() -> str:
-    """The Python blocks of the README's quickstart section, in order."""
+def quickstart() -> str:
+    """The README's quickstart section."""
     text = README.read_text()
     section = text[text.index("## Quickstart with the openai SDK"):]
-    section = section[:section.index("\n## ", 1)]
-    blocks = re.findall(r"```python\n(.*?)```", section, re.DOTALL)
+    return section[:section.index("\n## ", 1)]
+
+
+def quickstart_code() -> str:
+    """The Python blocks of the README's quickstart section, in order."""
+    blocks = re.findall(r"```python\n(.*?)```", quickstart(), re.DOTALL)
     assert len(blocks) >= 3, "the quickstart lost its Python examples"
     return "\n".join(blocks)
 
 
 def test_the_readme_quickstart_names_the_venv_command() -> None:
-    text = README.read_text()
-    section = text[text.index("## Quickstart with the openai SDK"):text.index("## Settings")]
+    section = quickstart()
     commands = re.findall(r"```sh\n(.*?)```", section, re.DOTALL)
     assert commands and all(".venv/bin/assistd serve" in c for c in commands)
     assert "scripts/setup-code-sandbox" in section

@@ -19,6 +19,7 @@ from openai.types.beta.threads import ImageFile, Message, MessageDelta, Text, Te
 from tests.acceptance.test_file_search import searchable_assistant
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.flows import assistant
+from tests.support.spec import assert_matches_schema
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -52,6 +53,8 @@ class Recorder(AssistantEventHandler):
 
     def on_event(self, event: Any) -> None:
         self.events.append(event.event)
+        if event.event == "thread.message.delta":
+            assert_matches_schema(event.data, "MessageDeltaObject")
 
     def on_message_delta(self, delta: MessageDelta, snapshot: Message) -> None:
         self.built = snapshot.model_copy(deep=True)

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from assistd.domain.errors import ApiError, invalid
+from assistd.execution.runtime import Runtime
 from assistd.storage.files import FileStore
 
 Obj = dict[str, Any]
@@ -41,8 +42,9 @@ def image_file_ids(message: Obj) -> list[str]:
     return [p["image_file"]["file_id"] for p in message.get("content") or [] if p.get("type") == "image_file"]
 
 
-async def check_images(files: FileStore, messages: list[Obj]) -> None:
+async def check_images(rt: Runtime, messages: list[Obj]) -> None:
     """Refuse (400) a message whose `image_file` parts don't name an image a model may see."""
+    files = FileStore(rt.store.db, rt.settings.files_dir)
     for message in messages:
         for file_id in image_file_ids(message):
             await _check_image(files, file_id)

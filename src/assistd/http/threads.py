@@ -11,7 +11,6 @@ from assistd.execution.attachments import attach_to_thread, new_thread_resources
 from assistd.execution.commands import message_from_params
 from assistd.execution.vision import check_images
 from assistd.http.common import deleted, ok, page, params, path, runtime
-from assistd.storage.files import FileStore
 from assistd.http.models import (
     MessageCreate,
     MessageListQuery,
@@ -21,17 +20,12 @@ from assistd.http.models import (
 )
 
 
-def files(request: Request) -> FileStore:
-    rt = runtime(request)
-    return FileStore(rt.store.db, rt.settings.files_dir)
-
-
 async def create(request: Request) -> Response:
     store = runtime(request).store
     _, data = await params(request, ThreadCreate)
     thread = new_thread(data)
     messages = [message_from_params(thread["id"], m) for m in data.get("messages") or []]
-    await check_images(files(request), messages)
+    await check_images(runtime(request), messages)
     thread["tool_resources"] = await new_thread_resources(store, thread["tool_resources"], messages) or {}
     return ok(await store.insert_thread(thread, messages))
 
@@ -57,7 +51,7 @@ async def create_message(request: Request) -> Response:
     store = runtime(request).store
     _, data = await params(request, MessageCreate)
     message = message_from_params(path(request, "thread_id"), data)
-    await check_images(files(request), [message])
+    await check_images(runtime(request), [message])
     await attach_to_thread(store, message["thread_id"], [message])
     return ok(await store.add_user_message(message))
 
