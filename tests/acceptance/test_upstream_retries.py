@@ -36,6 +36,21 @@ def test_a_failing_upstream_that_recovers_within_the_retries_completes_the_run(
     assert [r.outcome for r in upstream.requests] == ["error", "error", "completed"]
 
 
+def test_a_connection_the_upstream_drops_unanswered_is_retried(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    upstream.on("unanswered", [Reply.refuse(), Reply.text("answered the second time")])
+    run = ask(client, "unanswered at first")
+    assert run.status == "completed" and answer(client, run) == "answered the second time"
+    assert [r.reply_kind for r in upstream.requests] == ["refuse", "text"]
+
+
+def test_an_unreachable_upstream_fails_the_run_after_the_retries(client: openai.OpenAI, upstream: FakeUpstream) -> None:
+    upstream.on("never reached", Reply.refuse())
+    run = ask(client, "never reached")
+    assert run.status == "failed" and run.last_error is not None and run.last_error.code == "server_error"
+    assert _host(upstream) in run.last_error.message and "could not be reached" in run.last_error.message
+    assert len(upstream.requests) == 3
+
+
 def test_retry_after_is_waited_for(client: openai.OpenAI, upstream: FakeUpstream) -> None:
     upstream.on("busy", [Reply.error(429, retry_after="2"), Reply.text("after the wait")])
     run = ask(client, "busy upstream")

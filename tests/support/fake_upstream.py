@@ -51,7 +51,7 @@ OUTCOMES = ("completed", "client_closed", "dropped", "error")
 class Reply:
     """One scripted answer. Build it with the constructors, not the fields."""
 
-    kind: str  # text | tool_calls | error | drop | hang | stream_error
+    kind: str  # text | tool_calls | error | drop | hang | stream_error | refuse
     chunks: tuple[str, ...] = ()  # content deltas (for tool_calls: text sent before the calls)
     calls: tuple[tuple[str, str], ...] = ()  # (function name, arguments JSON)
     chunk_delay: float = 0.0
@@ -102,6 +102,11 @@ class Reply:
         """Send `after_chunks` content chunks (or no headers at all), then wait for the client to leave."""
         return Reply("hang", tuple(f"part{i} " for i in range(after_chunks)), finish_reason=None,
                      before_headers=before_headers)
+
+    @staticmethod
+    def refuse() -> Reply:
+        """Close the connection without answering at all (the client sees a connection error)."""
+        return Reply("refuse", finish_reason=None)
 
     @staticmethod
     def stream_error(after_chunks: int = 1, message: str = "scripted stream error") -> Reply:
@@ -486,6 +491,10 @@ async def _until_eof(reader: asyncio.StreamReader) -> None:
 async def _send_reply(record: RequestRecord, reply: Reply, writer: asyncio.StreamWriter) -> None:
     if reply.kind == "hang" and reply.before_headers:
         await asyncio.Future()  # until the client leaves
+    if reply.kind == "refuse":
+        record.end("dropped")
+        writer.close()
+        return
     if reply.kind == "error":
         await _send_json(writer, reply.status, _error_body(reply.status, reply.message, reply.error_type,
                                                            reply.error_code), reply.headers)
