@@ -52,3 +52,29 @@ def test_a_citation_is_sent_with_its_closing_bracket() -> None:
 def test_nothing_is_annotated_without_searches_or_written_files() -> None:
     text = StreamedText([], 0)
     assert feed_all(text, ["sandbox:/mnt/data/a.csv 【0†q.txt】"]) == [[], []]
+
+
+def test_however_the_text_is_cut_the_annotations_are_those_of_the_whole_text() -> None:
+    import random
+
+    from assistd.execution import code_tool, file_search
+
+    results = [{"file_id": "file-q", "file_name": "q.txt", "score": 1.0},
+               {"file_id": "file-r", "file_name": "r.md", "score": 0.5}]
+    steps = steps_with(results, written="[file written: sandbox:/mnt/data/a.csv (file-a)]\n"
+                                        "[file written: sandbox:/mnt/data/a.csv.bak (file-b)]")
+    texts = ["See sandbox:/mnt/data/a.csv, 【0†q.txt】 and (sandbox:/mnt/data/a.csv.bak) 【1†r.md】.",
+             "【1†r.md】【0†q.txt】sandbox:/mnt/data/a.csv",
+             "an 【unclosed bracket then 【0†q.txt】 and sandbox:/mnt/data/a.csv.",
+             "sandbox:/mnt/data/sandbox:/mnt/data/a.csv then sandbox:/mnt/data/a.csv"]
+    rng = random.Random(7)
+    for text in texts:
+        whole = sorted(file_search.citations(text, steps) + code_tool.file_paths(text, steps),
+                       key=lambda a: a["start_index"])
+        for _ in range(200):
+            cuts = sorted(rng.sample(range(1, len(text)), rng.randint(0, min(12, len(text) - 1))))
+            pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+            streamed = StreamedText(steps, 0)
+            sent = [a for batch in feed_all(streamed, pieces) for a in batch]
+            assert [a["index"] for a in sent] == list(range(len(sent)))
+            assert sorted(streamed.annotations, key=lambda a: a["start_index"]) == whole, (text, pieces)

@@ -12,6 +12,7 @@ from assistd.domain import objects as o
 from assistd.execution import code_tool, file_search
 
 Obj = dict[str, Any]
+PATH_PREFIX = "sandbox:/mnt/data/"
 
 
 class StreamedText:
@@ -23,6 +24,7 @@ class StreamedText:
         self.value = ""
         self.annotations: list[Obj] = []
         self._sent: set[tuple[str, int]] = set()
+        self._from = 0  # no annotation still to come starts before this: only the rest is scanned
         self._written = code_tool.written_files(steps)  # read once: the text is rescanned on every piece
         self._citable = bool(self._written or o.tool_calls_of(steps, file_search.NAME))
 
@@ -36,10 +38,13 @@ class StreamedText:
         return {"index": self.index, "type": "text", "text": {"value": piece, "annotations": new}}
 
     def _new_annotations(self, final: bool) -> list[Obj]:
-        found = file_search.citations(self.value, self.steps) + code_tool.file_paths(
-            self.value, self.steps, settled=final, written=self._written)
+        start = self._from
+        window = self.value[start:]
+        found = file_search.citations(window, self.steps) + code_tool.file_paths(
+            window, self.steps, settled=final, written=self._written)
+        self._from = start + _undecided_from(window)
         new = []
-        for annotation in sorted(found, key=lambda a: a["start_index"]):
+        for annotation in sorted((_shifted(a, start) for a in found), key=lambda a: a["start_index"]):
             key = (annotation["type"], annotation["start_index"])
             if key in self._sent:
                 continue
@@ -51,6 +56,30 @@ class StreamedText:
     def part(self) -> Obj:
         """The part as stored: what the deltas sent so far add up to."""
         return {"type": "text", "text": {"value": self.value, "annotations": list(self.annotations)}}
+
+
+def _shifted(annotation: Obj, offset: int) -> Obj:
+    return {**annotation, "start_index": annotation["start_index"] + offset,
+            "end_index": annotation["end_index"] + offset}
+
+
+def _undecided_from(window: str) -> int:
+    """Where in `window` (the text's unsettled end) the first mention that may still become or
+    change an annotation starts: a 【 not closed yet, a path running to the end, or the room
+    for a path prefix cut by the end."""
+    candidates = [max(0, len(window) - len(PATH_PREFIX))]
+    opened = window.find("【", window.rfind("】") + 1)
+    if opened != -1:
+        candidates.append(opened)
+    last_path = None
+    for last_path in code_tool.PATH_MENTION.finditer(window):
+        pass
+    if last_path is not None and last_path.end() == len(window):
+        candidates.append(last_path.start())
+    prefix = window.rfind(PATH_PREFIX)
+    if prefix != -1 and prefix + len(PATH_PREFIX) == len(window):
+        candidates.append(prefix)
+    return min(candidates)
 
 
 def image_delta(index: int, part: Obj) -> Obj:
