@@ -67,6 +67,8 @@ class Settings:
     ingest_memory_mb: int = 1024
     ingest_seconds: float = 300.0
     disk_reserve_mb: int = 64
+    upstream_max_retries: int = 2
+    sse_keepalive_seconds: float = 15.0
 
     @property
     def resolved_database_url(self) -> str:
@@ -128,6 +130,8 @@ def load_settings(env: dict[str, str] | None = None) -> Settings:
         ingest_memory_mb=max(64, int(_float(env, "ASSISTD_INGEST_MEMORY_MB", 1024))),
         ingest_seconds=max(1.0, _float(env, "ASSISTD_INGEST_SECONDS", 300.0)),
         disk_reserve_mb=max(0, int(_float(env, "ASSISTD_DISK_RESERVE_MB", 64))),
+        upstream_max_retries=max(0, int(_float(env, "ASSISTD_UPSTREAM_MAX_RETRIES", 2))),
+        sse_keepalive_seconds=max(0.1, _float(env, "ASSISTD_SSE_KEEPALIVE_SECONDS", 15.0)),
     )
 
 

@@ -126,8 +126,8 @@ def test_a_chart_becomes_an_image_output_and_an_image_file_part(
     [image] = [o for o in call.code_interpreter.outputs if o.type == "image"]
     assert client.files.content(image.image.file_id).read()[:8] == b"\x89PNG\r\n\x1a\n"
     message = client.beta.threads.messages.list(run.thread_id).data[0]
-    assert [p.type for p in message.content] == ["text", "image_file"]
-    assert message.content[1].image_file.file_id == image.image.file_id  # type: ignore[union-attr]
+    assert [p.type for p in message.content] == ["image_file", "text"]  # as OpenAI: the image first
+    assert message.content[0].image_file.file_id == image.image.file_id  # type: ignore[union-attr]
     assert_matches_schema(message, "MessageObject")
     for step in client.beta.threads.runs.steps.list(run.id, thread_id=run.thread_id).data:
         assert_matches_schema(step, "RunStepObject")

@@ -51,7 +51,7 @@ OUTCOMES = ("completed", "client_closed", "dropped", "error")
 class Reply:
     """One scripted answer. Build it with the constructors, not the fields."""
 
-    kind: str  # text | tool_calls | error | drop | hang | stream_error | keep_alive
+    kind: str  # text | tool_calls | error | drop | hang | stream_error | keep_alive | refuse
     chunks: tuple[str, ...] = ()  # content deltas (for tool_calls: text sent before the calls)
     calls: tuple[tuple[str, str], ...] = ()  # (function name, arguments JSON)
     chunk_delay: float = 0.0
@@ -63,6 +63,7 @@ class Reply:
     usage: Obj | None = None  # overrides prompt_tokens / completion_tokens
     before_headers: bool = False  # hang: send nothing at all
     keep_alive_every: float = 0.0  # keep_alive: seconds between SSE comments
+    headers: tuple[tuple[str, str], ...] = ()  # extra response headers (e.g. Retry-After)
 
     @staticmethod
     def text(text: str = "", *, chunk_delay: float = 0.0, chunks: list[str] | None = None,
@@ -84,10 +85,12 @@ class Reply:
 
     @staticmethod
     def error(status: int, message: str = "scripted upstream error", *, type: str | None = None,
-              code: str | None = None) -> Reply:
-        """An HTTP error with OpenAI's envelope `{"error": {message, type, param, code}}`."""
+              code: str | None = None, retry_after: str | None = None) -> Reply:
+        """An HTTP error with OpenAI's envelope `{"error": {message, type, param, code}}`
+        (and a `Retry-After` header when given)."""
+        headers = (("Retry-After", retry_after),) if retry_after is not None else ()
         return Reply("error", status=status, message=message, error_type=type, error_code=code,
-                     finish_reason=None)
+                     finish_reason=None, headers=headers)
 
     @staticmethod
     def drop(after_chunks: int = 1, *, chunk_delay: float = 0.0) -> Reply:
@@ -100,6 +103,11 @@ class Reply:
         """Send `after_chunks` content chunks (or no headers at all), then wait for the client to leave."""
         return Reply("hang", tuple(f"part{i} " for i in range(after_chunks)), finish_reason=None,
                      before_headers=before_headers)
+
+    @staticmethod
+    def refuse() -> Reply:
+        """Close the connection without answering at all (the client sees a connection error)."""
+        return Reply("refuse", finish_reason=None)
 
     @staticmethod
     def stream_error(after_chunks: int = 1, message: str = "scripted stream error") -> Reply:
@@ -215,6 +223,8 @@ class FakeUpstream:
         self.embedding_batches: list[int] = []  # texts per /v1/embeddings request, in order
         self.fail_embeddings = False
         self.embeddings_delay = 0.0  # seconds before each /v1/embeddings answer
+        self.models: list[Obj] | None = None  # what GET /v1/models lists; None: no such route (404)
+        self.models_requests = 0
 
     # ------------------------------------------------------------ script
 
@@ -244,6 +254,8 @@ class FakeUpstream:
             self.embedding_batches.clear()
             self.fail_embeddings = False
             self.embeddings_delay = 0.0
+            self.models = None
+            self.models_requests = 0
 
     def _pick(self, marker: str) -> Reply:
         with self._lock:
@@ -270,6 +282,16 @@ class FakeUpstream:
         data = [{"object": "embedding", "index": i, "embedding": embed_text(t)} for i, t in enumerate(texts)]
         return 200, {"object": "list", "data": data, "model": parsed.get("model", ""),
                      "usage": {"prompt_tokens": 0, "total_tokens": 0}}
+
+    # ------------------------------------------------------------ models
+
+    def _models(self) -> tuple[int, Obj]:
+        with self._lock:
+            self.models_requests += 1
+            models = self.models
+        if models is None:
+            return 404, _error_body(404, "no route GET /v1/models")
+        return 200, {"object": "list", "data": models}
 
     # ------------------------------------------------------------ the log
 
@@ -424,6 +446,8 @@ class FakeUpstream:
         if method == "POST" and path in ("/v1/embeddings", "/embeddings"):
             await asyncio.sleep(self.embeddings_delay)
             return await _send_json(writer, *self._embeddings(body))
+        if method == "GET" and path in ("/v1/models", "/models"):
+            return await _send_json(writer, *self._models())
         if path not in ("/v1/chat/completions", "/chat/completions"):
             return await _send_json(writer, 404, _error_body(404, f"no route {method} {path}"))
         if method != "POST":
@@ -476,9 +500,13 @@ async def _until_eof(reader: asyncio.StreamReader) -> None:
 async def _send_reply(record: RequestRecord, reply: Reply, writer: asyncio.StreamWriter) -> None:
     if reply.kind == "hang" and reply.before_headers:
         await asyncio.Future()  # until the client leaves
+    if reply.kind == "refuse":
+        record.end("dropped")
+        writer.close()
+        return
     if reply.kind == "error":
         await _send_json(writer, reply.status, _error_body(reply.status, reply.message, reply.error_type,
-                                                           reply.error_code))
+                                                           reply.error_code), reply.headers)
         record.end("error")
         return
     if not record.body.get("stream"):
@@ -658,10 +686,12 @@ async def _read_chunked(reader: asyncio.StreamReader) -> bytes:
     return bytes(body)
 
 
-def _head(status: int, content_type: str, length: int = 0, *, chunked: bool = False) -> bytes:
+def _head(status: int, content_type: str, length: int = 0, *, chunked: bool = False,
+          extra: Iterable[tuple[str, str]] = ()) -> bytes:
     lines = [f"HTTP/1.1 {status} {http.HTTPStatus(status).phrase}", f"Content-Type: {content_type}",
              "Cache-Control: no-cache", "Connection: close", "x-request-id: req_" + secrets.token_hex(8),
              "Transfer-Encoding: chunked" if chunked else f"Content-Length: {length}"]
+    lines += [f"{name}: {value}" for name, value in extra]
     return ("\r\n".join(lines) + "\r\n\r\n").encode()
 
 
@@ -670,9 +700,10 @@ def _chunked(data: bytes) -> bytes:
     return b"%x\r\n%s\r\n" % (len(data), data)
 
 
-async def _send_json(writer: asyncio.StreamWriter, status: int, payload: Any) -> None:
+async def _send_json(writer: asyncio.StreamWriter, status: int, payload: Any,
+                     headers: Iterable[tuple[str, str]] = ()) -> None:
     data = json.dumps(payload).encode()
-    writer.write(_head(status, "application/json", len(data)) + data)
+    writer.write(_head(status, "application/json", len(data), extra=headers) + data)
     await writer.drain()
 
 

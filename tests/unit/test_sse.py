@@ -37,7 +37,7 @@ class SlowStore:
 async def _relay() -> list[str]:
     broker = LocalBroker()
     sub = await broker.subscribe("run_1")
-    rt: Any = SimpleNamespace(store=SlowStore(broker, "run_1"))
+    rt: Any = SimpleNamespace(store=SlowStore(broker, "run_1"), settings=SimpleNamespace(sse_keepalive_seconds=15.0))
     frames = [frame async for frame in sse._run_events(rt, sub, [], None)]
     return [f.decode().split("\n", 1)[0] for f in frames]
 

@@ -266,15 +266,25 @@ def chat_call(call: Obj) -> Obj:
 # ---------------------------------------------------------------- the answer
 
 
-def file_paths(text: str, steps: list[Obj]) -> list[Obj]:
-    """A `file_path` annotation for each sandbox:/mnt/data/<name> that the run's code wrote."""
+def written_files(steps: list[Obj]) -> dict[str, str]:
+    """Name → File id of each file the run's code wrote."""
     written: dict[str, str] = {}
     for call in o.tool_calls_of(steps, NAME):
         for output in call[NAME]["outputs"]:
             if output["type"] == "logs":
                 written.update(WRITTEN.findall(output["logs"]))
+    return written
+
+
+def file_paths(text: str, steps: list[Obj], *, settled: bool = True, written: dict[str, str] | None = None) -> list[Obj]:
+    """A `file_path` annotation for each sandbox:/mnt/data/<name> that the run's code wrote
+    (`written`, if the caller has it already). While the text still streams (`settled`
+    false), a path running to its end may grow: left out."""
+    written = written_files(steps) if written is None else written
     found = []
     for match in PATH_MENTION.finditer(text):
+        if not settled and match.end() == len(text):
+            continue
         name = match.group(1).rstrip(".,;:")
         if name in written:
             end = match.start() + len("sandbox:/mnt/data/") + len(name)

@@ -21,7 +21,8 @@ from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
 from assistd.domain import objects as o
 from assistd.domain.ids import new_id, now
 from assistd.domain.run_state import RunStatus
-from assistd.execution import code_tool, file_search, prompt
+from assistd.execution import code_tool, file_search, prompt, vision
+from assistd.execution.message_parts import StreamedText, image_delta
 from assistd.execution.runtime import Runtime
 from assistd.execution.settle import Settled, run_usage, settle, settle_in
 from assistd.execution.sweeper import hand_back
@@ -67,6 +68,8 @@ class RunTurn:
         self.calls: dict[int, Obj] = {}
         self.code_inputs: dict[int, code_tool.InputStream] = {}
         self.text: list[str] = []
+        self.images: list[Obj] = []  # the message's image_file parts, before its text
+        self.streamed: StreamedText | None = None  # the message's text part, as sent
         self.usage: Obj | None = None
         self.finish_reason: str | None = None
         self.prompt_estimate = 0
@@ -153,11 +156,14 @@ class RunTurn:
         self.searching = bool(self.store_ids) and file_search.rounds(steps) < file_search.MAX_ROUNDS
         self.coding = (self.rt.code_pool is not None and code_tool.tool(self.run) is not None
                        and code_tool.rounds(steps) < code_tool.MAX_ROUNDS)
-        request = self._request(history, steps, used)
+        if self.message is None and code_tool.image_parts(steps):
+            await self._open_message()  # the images are shown as soon as they exist
+        images = await vision.data_urls(FileStore(store.db, self.rt.settings.files_dir), history)
+        request = self._request(history, steps, used, images)
         if isinstance(request, str):
             await self._end_incomplete(request)
             return False
-        async with self.rt.upstream.stream(request) as chunks:
+        async with self.rt.upstream.stream(request, deadline=self.run.get("expires_at")) as chunks:
             async for chunk in chunks:
                 await self._on_chunk(chunk)
         if self.finish_reason is None:  # the connection ended without the completion's end
@@ -171,13 +177,14 @@ class RunTurn:
         completion_left = None if max_completion is None else max_completion - used["completion_tokens"]
         return prompt_left, completion_left
 
-    def _request(self, history: list[Obj], steps: list[Obj], used: Obj) -> Obj | str:
-        """The upstream request, or the budget (`incomplete_details.reason`) that forbids it."""
+    def _request(self, history: list[Obj], steps: list[Obj], used: Obj, images: dict[str, str]) -> Obj | str:
+        """The upstream request, or the budget (`incomplete_details.reason`) that forbids it;
+        `images`: the data: URLs of the user's image files."""
         prompt_left, completion_left = self._budgets(used)
         if completion_left is not None and completion_left <= 0:
             return "max_completion_tokens"
         run_messages = [m for m in history if m["run_id"] == self.run_id]
-        thread, own = prompt.conversation(self.run, history, steps, run_messages)
+        thread, own = prompt.conversation(self.run, history, steps, run_messages, images)
         try:
             messages = prompt.truncate(self.run, prompt.system_messages(self.run), thread, own, prompt_left)
         except prompt.PromptTooLong:
@@ -231,23 +238,44 @@ class RunTurn:
         self.publish("thread.run.step.in_progress", step)
         self.publish("thread.message.created", message)
         self.publish("thread.message.in_progress", message)
+        await self._show_images()
+
+    async def _show_images(self) -> None:
+        """The images the run's code displayed since its last message open this one, each a
+        delta at its own content index."""
+        assert self.message is not None
+        self.images = code_tool.image_parts(self.steps)
+        if not self.images:
+            return
+        self._sync_text()
+        await self.rt.store.save_message(self.message)
+        for index, part in enumerate(self.images):
+            self._publish_delta(image_delta(index, part))
+
+    def _publish_delta(self, part: Obj) -> None:
+        assert self.message is not None
+        self.publish("thread.message.delta", self._delta(part))
+
+    def _delta(self, part: Obj) -> Obj:
+        assert self.message is not None
+        return {"id": self.message["id"], "object": "thread.message.delta", "delta": {"content": [part]}}
 
     async def _on_text(self, piece: str) -> None:
         if self.message is None:
             await self._open_message()
         assert self.message is not None
+        if self.streamed is None:
+            self.streamed = StreamedText(self.steps, len(self.images))
         self.text.append(piece)
-        self.publish("thread.message.delta", {
-            "id": self.message["id"],
-            "object": "thread.message.delta",
-            "delta": {"content": [{"index": 0, "type": "text", "text": {"value": piece, "annotations": []}}]},
-        })
+        if (part := self.streamed.feed(piece)) is not None:
+            self._publish_delta(part)
         if time.monotonic() - self.last_flush >= FLUSH_SECONDS:
             await self._flush_text()
 
     def _sync_text(self) -> None:
         if self.message is not None:
-            self.message["content"] = [o.text_part("".join(self.text))]
+            text = [self.streamed.part()] if self.streamed is not None else []
+            self.message["content"] = [*self.images, *text]
 
     async def _flush_text(self) -> None:
         """Keep the partial answer durable while it streams (retrievable, and kept on a crash)."""
@@ -404,14 +432,9 @@ class RunTurn:
 
     async def _complete_message(self, tx: Any, *, truncated: bool, usage: Obj | None) -> list[tuple[str, Obj]]:
         assert self.message is not None and self.message_step is not None
+        last = self._last_text_delta()
         self._sync_text()
         message, step = self.message, self.message_step
-        for part in message["content"]:
-            text = part["text"]["value"]
-            part["text"]["annotations"] = sorted(
-                file_search.citations(text, self.steps) + code_tool.file_paths(text, self.steps),
-                key=lambda a: a["start_index"])
-        message["content"] += code_tool.image_parts(self.steps)
         if truncated:
             message.update(status="incomplete", incomplete_at=now(), incomplete_details={"reason": "max_tokens"})
         else:
@@ -420,7 +443,20 @@ class RunTurn:
             "prompt_tokens": 0, "completion_tokens": 0, "total_tokens": 0})
         await self.rt.store.save_message(message, tx)
         await self.rt.store.save_step(step, tx)
-        return [(f"thread.message.{message['status']}", message), ("thread.run.step.completed", step)]
+        return [*last, (f"thread.message.{message['status']}", message), ("thread.run.step.completed", step)]
+
+    def _last_text_delta(self) -> list[tuple[str, Obj]]:
+        """The delta that ends the text: the annotation of a path at its very end, or the empty
+        text part of a message that has nothing else (so deltas add up to the whole message)."""
+        if self.streamed is None and self.images:
+            return []
+        if self.streamed is None:
+            self.streamed = StreamedText(self.steps, 0)
+            part: Obj | None = self.streamed.feed("")
+            part = part or {"index": 0, "type": "text", "text": {"value": "", "annotations": []}}
+        else:
+            part = self.streamed.feed("", final=True)
+        return [] if part is None else [("thread.message.delta", self._delta(part))]
 
     async def _require_action(self, tx: Any, usage: Obj) -> Obj | None:
         assert self.tool_step is not None

@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
+import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
@@ -37,16 +39,25 @@ def _data(event: Event) -> Obj:
     return json.loads(data) if isinstance(data, str) else data  # type: ignore[no-any-return]
 
 
-def text_of(message: Obj) -> str:
-    """The text deltas build: the message's first content part, when it is text."""
+def text_index(message: Obj) -> int:
+    """Where the message's text part is (images come before it), or where it will be."""
     content = message.get("content") or []
-    first = content[0] if content else None
-    return str(first["text"]["value"]) if isinstance(first, dict) and first.get("type") == "text" else ""
+    for index, part in enumerate(content):
+        if isinstance(part, dict) and part.get("type") == "text":
+            return index
+    return len(content)
+
+
+def text_of(message: Obj) -> str:
+    """The text deltas build: the message's text content part."""
+    content = message.get("content") or []
+    index = text_index(message)
+    return str(content[index]["text"]["value"]) if index < len(content) else ""
 
 
 def _delta_text(data: Obj) -> str:
     parts = (data.get("delta") or {}).get("content") or []
-    return "".join(p["text"]["value"] for p in parts if p.get("index") == 0 and p.get("type") == "text")
+    return "".join(p["text"]["value"] for p in parts if p.get("type") == "text")
 
 
 @dataclass
@@ -107,7 +118,7 @@ class Delivered:
             if len(text) > sent:
                 events.append(Event("thread.message.delta", {
                     "id": message["id"], "object": "thread.message.delta",
-                    "delta": {"content": [{"index": 0, "type": "text",
+                    "delta": {"content": [{"index": text_index(message), "type": "text",
                                            "text": {"value": text[sent:], "annotations": []}}]},
                 }))
             if message["status"] in ENDED and self.messages.get(message["id"]) not in ENDED:
@@ -132,6 +143,13 @@ async def delivered_now(store: Store, run_id: str) -> Delivered:
     return Delivered() if state is None else Delivered.as_now(*state)
 
 
+class Quiet:
+    """Nothing happened within the wait."""
+
+
+QUIET = Quiet()
+
+
 class Follower:
     """The next events of one stream: the broker's while they come, the database's after."""
 
@@ -147,10 +165,14 @@ class Follower:
         self.delivered.note(event)
         return event
 
-    async def next(self) -> Event | None:
-        """The next event; None once the run is gone."""
+    async def next(self, wait: float = math.inf) -> Event | Quiet | None:
+        """The next event; QUIET when none came within `wait` seconds; None once the run is gone."""
+        deadline = time.monotonic() + wait
         while not self._pending:
-            event = await self._heard()
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return QUIET
+            event = await self._heard(min(QUIET_SECONDS, left))
             if event is not None:
                 self.delivered.note(event)
                 return event
@@ -169,8 +191,8 @@ class Follower:
             self._pending.extend(missed)
         return self._pending.popleft()
 
-    async def _heard(self) -> Event | None:
+    async def _heard(self, wait: float) -> Event | None:
         if self.on_database:
-            await asyncio.sleep(POLL_SECONDS)
+            await asyncio.sleep(min(POLL_SECONDS, wait))
             return None
-        return await self.sub.get(QUIET_SECONDS)
+        return await self.sub.get(wait)

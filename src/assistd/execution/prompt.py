@@ -15,20 +15,47 @@ class PromptTooLong(Exception):
     """Even the shortest prompt exceeds the run's `max_prompt_tokens` budget."""
 
 
+IMAGE_TOKENS = 765  # what OpenAI counts for a 1024x1024 image in detail: a guess, for budgets
+
+
 def estimate_tokens(messages: list[Obj]) -> int:
-    """A tokenizer-free estimate (about four characters a token), used only for budgets."""
-    return len(json.dumps(messages, ensure_ascii=False)) // 4 + 1
+    """A tokenizer-free estimate (about four characters a token), used only for budgets; an
+    image counts IMAGE_TOKENS, however long its `data:` URL."""
+    if not any(isinstance(m.get("content"), list) for m in messages):
+        return len(json.dumps(messages, ensure_ascii=False)) // 4 + 1
+    images = sum(1 for m in messages if isinstance(m.get("content"), list)
+                 for p in m["content"] if p.get("type") == "image_url")
+    plain = [{**m, "content": [p for p in m["content"] if p.get("type") != "image_url"]}
+             if isinstance(m.get("content"), list) else m for m in messages]
+    return len(json.dumps(plain, ensure_ascii=False)) // 4 + 1 + images * IMAGE_TOKENS
 
 
-def chat_message(message: Obj) -> Obj:
-    """A thread message as a Chat Completions message."""
-    images = [p for p in message["content"] if p["type"] == "image_url"]
+def chat_message(message: Obj, images: dict[str, str] | None = None) -> Obj:
+    """A thread message as a Chat Completions message. A user's images become `image_url`
+    parts, in place: a URL as given, an `image_file` as its `data:` URL from `images`
+    (file id → URL; a file missing there is left out)."""
     text = message_text(message)
-    if not images or message["role"] != "user":
+    seen = [p for p in message["content"] if p["type"] in ("image_url", "image_file")]
+    if not seen or message["role"] != "user":
         return {"role": message["role"], "content": text}
-    parts: list[Obj] = [{"type": "text", "text": text}] if text else []
-    parts += [{"type": "image_url", "image_url": p["image_url"]} for p in images]
-    return {"role": "user", "content": parts}
+    parts: list[Obj] = []
+    for part in message["content"]:
+        if part["type"] == "text" and part["text"]["value"]:
+            parts.append({"type": "text", "text": part["text"]["value"]})
+        elif (image := _image_url(part, images or {})) is not None:
+            parts.append({"type": "image_url", "image_url": image})
+    return {"role": "user", "content": parts or text}
+
+
+def _image_url(part: Obj, images: dict[str, str]) -> Obj | None:
+    if part["type"] == "image_url":
+        return dict(part["image_url"])
+    if part["type"] != "image_file" or part["image_file"]["file_id"] not in images:
+        return None
+    image = {"url": images[part["image_file"]["file_id"]]}
+    if part["image_file"].get("detail"):
+        image["detail"] = part["image_file"]["detail"]
+    return image
 
 
 def step_messages(step: Obj, messages_by_id: dict[str, Obj]) -> list[Obj]:
@@ -63,9 +90,11 @@ def _tool_output(call: Obj) -> str:
     return str(call["function"].get("output") or "")
 
 
-def conversation(run: Obj, history: list[Obj], steps: list[Obj], run_messages: list[Obj]) -> tuple[list[Obj], list[Obj]]:
-    """(thread history, this run's own turns) as chat messages, before truncation."""
-    thread = [chat_message(m) for m in history if m["run_id"] != run["id"]]
+def conversation(run: Obj, history: list[Obj], steps: list[Obj], run_messages: list[Obj],
+                 images: dict[str, str] | None = None) -> tuple[list[Obj], list[Obj]]:
+    """(thread history, this run's own turns) as chat messages, before truncation; `images`
+    holds the `data:` URLs of the files `image_file` parts name."""
+    thread = [chat_message(m, images) for m in history if m["run_id"] != run["id"]]
     by_id = {m["id"]: m for m in run_messages}
     own = [msg for step in steps for msg in step_messages(step, by_id)]
     return thread, own

@@ -22,6 +22,7 @@ from assistd.execution.runtime import Runtime, close_runtime, open_runtime
 from assistd.execution.sweeper import Sweeper
 from assistd.execution.worker import Worker
 from assistd.http import assistants, files, runs, threads, vector_stores
+from assistd.http import model_list
 from assistd.http.auth import ApiKeyMiddleware
 from assistd.http.edge import EdgeMiddleware
 from assistd.http.errors import (
@@ -78,7 +79,7 @@ def create_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
         routes=[
             Route("/healthz", healthz, methods=["GET"]),
             Mount("/v1", routes=[*assistants.routes, *files.routes, *runs.routes, *threads.routes,
-                                 *vector_stores.routes]),
+                                 *vector_stores.routes, *model_list.routes]),
         ],
         # The console's pages are public (they hold no data), so they are served before the key
         # check; the edge checks (Host, Content-Type, body size) come first for everything.

@@ -15,6 +15,7 @@ from assistd.domain.objects import new_thread
 from assistd.execution import attachments, commands, fallback, file_search
 from assistd.execution.broker import FROM_START, Event
 from assistd.execution.runtime import Runtime
+from assistd.execution.vision import check_images
 from assistd.http.common import ok, page, params, path, runtime
 from assistd.http.models import MetadataModify, RunCreate, SubmitToolOutputs, ThreadAndRunCreate
 from assistd.http.sse import stream_response
@@ -63,6 +64,7 @@ async def create(request: Request) -> Response:
     parsed, data = await params(request, RunCreate)
     assistant = await rt.store.get_assistant(parsed.assistant_id)
     row, extra = commands.new_run(rt, thread_id, assistant, data)
+    await check_images(rt, extra)
     await attachments.attach_to_thread(rt.store, thread_id, extra)
     return await _start(rt, row["id"], bool(parsed.stream), rt.store.create_run(row, extra), [], shape)
 
@@ -83,6 +85,7 @@ async def create_thread_and_run(request: Request) -> Response:
         thread_params["tool_resources"] = data["tool_resources"]
     thread = new_thread(thread_params)
     messages = [commands.message_from_params(thread["id"], m) for m in thread_params.get("messages") or []]
+    await check_images(rt, messages)
     thread["tool_resources"] = await attachments.new_thread_resources(
         rt.store, thread["tool_resources"], messages) or {}
     row, _ = commands.new_run(rt, thread["id"], assistant, data)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import json
+import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any
 
@@ -11,7 +12,7 @@ from starlette.responses import StreamingResponse
 
 from assistd.domain.run_state import STREAM_STOPS
 from assistd.execution.broker import Event, Subscription, serialize
-from assistd.execution.fallback import Delivered, Follower
+from assistd.execution.fallback import Delivered, Follower, Quiet
 from assistd.execution.runtime import Runtime
 
 log = logging.getLogger("assistd.sse")
@@ -26,6 +27,9 @@ def frame(event: str, data: Any, event_id: str = "") -> bytes:
 
 
 DONE = frame("done", "[DONE]")
+# Sent when the stream has been quiet for ASSISTD_SSE_KEEPALIVE_SECONDS, so that proxies and
+# clients with read timeouts keep the connection; SSE clients ignore comment lines.
+KEEPALIVE = b": keep-alive\n\n"
 
 
 Shape = Callable[[Any], Any]  # rewrites an event's object before it is sent (e.g. `include[]`)
@@ -59,12 +63,22 @@ async def _run_events(rt: Runtime, sub: Subscription, first: Iterable[Event],
     the database knows more (see execution/fallback.py)."""
     follower = Follower(rt.store, sub, delivered)
     pending = list(first)
+    keepalive = rt.settings.sse_keepalive_seconds
+    last_sent = time.monotonic()
     while True:
-        event = follower.sent(pending.pop(0)) if pending else await follower.next()
+        quiet_for = time.monotonic() - last_sent
+        event = (follower.sent(pending.pop(0)) if pending
+                 else await follower.next(max(0.0, keepalive - quiet_for)))
         if event is None:
             break
+        if isinstance(event, Quiet):
+            if time.monotonic() - last_sent >= keepalive:
+                yield KEEPALIVE
+                last_sent = time.monotonic()
+            continue
         shaped = _shaped(event, shape)
         yield frame(shaped.event, shaped.data, shaped.id)
+        last_sent = time.monotonic()
         if event.event in STOP_EVENTS:
             break
     yield DONE

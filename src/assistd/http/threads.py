@@ -11,6 +11,7 @@ from assistd.domain.errors import invalid
 from assistd.domain.objects import new_thread
 from assistd.execution.attachments import attach_to_thread, new_thread_resources
 from assistd.execution.commands import message_from_params
+from assistd.execution.vision import check_images
 from assistd.http.common import deleted, ok, page, params, path, runtime
 from assistd.http.models import (
     ListQuery,
@@ -33,6 +34,7 @@ async def create(request: Request) -> Response:
     _, data = await params(request, ThreadCreate)
     thread = new_thread(data)
     messages = [message_from_params(thread["id"], m) for m in data.get("messages") or []]
+    await check_images(runtime(request), messages)
     thread["tool_resources"] = await new_thread_resources(store, thread["tool_resources"], messages) or {}
     return ok(await store.insert_thread(thread, messages))
 
@@ -81,6 +83,7 @@ async def create_message(request: Request) -> Response:
     store = runtime(request).store
     _, data = await params(request, MessageCreate)
     message = message_from_params(path(request, "thread_id"), data)
+    await check_images(runtime(request), [message])
     await attach_to_thread(store, message["thread_id"], [message])
     return ok(await store.add_user_message(message))
 
