@@ -19,8 +19,9 @@ from assistd.domain.errors import ApiError
 from assistd.execution.runtime import Runtime, close_runtime, open_runtime
 from assistd.execution.sweeper import Sweeper
 from assistd.execution.worker import Worker
-from assistd.http import assistants, files, runs, threads, vector_stores
+from assistd.http import assistants, files, ops, runs, threads, vector_stores
 from assistd.http.auth import ApiKeyMiddleware
+from assistd.http.observe import ObserveMiddleware
 from assistd.http.errors import (
     api_error_handler,
     cursor_handler,
@@ -47,6 +48,7 @@ def create_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
         # Without a worker, this process still settles orphaned and expired runs.
         worker = Worker(rt) if with_worker else None
         sweeper = worker.sweeper if worker is not None else Sweeper(rt)
+        app.state.worker = worker  # readiness asks whether it runs
         if worker is not None:
             await worker.start()
         else:
@@ -59,13 +61,16 @@ def create_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
             await sweeper.stop()
             await close_runtime(rt)
 
+    routes = [
+        Route("/healthz", healthz, methods=["GET"]),
+        *[route for route in ops.routes if route.path != "/healthz"],  # /readyz, /metrics
+        Mount("/v1", routes=[*assistants.routes, *files.routes, *runs.routes, *threads.routes,
+                             *vector_stores.routes]),
+    ]
     return Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Mount("/v1", routes=[*assistants.routes, *files.routes, *runs.routes, *threads.routes,
-                                 *vector_stores.routes]),
-        ],
-        middleware=[Middleware(ApiKeyMiddleware, keys=settings.api_keys)],
+        routes=routes,
+        middleware=[Middleware(ObserveMiddleware, routes=routes),
+                    Middleware(ApiKeyMiddleware, keys=settings.api_keys)],
         exception_handlers={
             ApiError: api_error_handler,
             ValidationError: validation_handler,
