@@ -37,6 +37,10 @@ def route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
     return UNMATCHED
 
 
+def _headers(scope: Scope) -> dict[str, str]:
+    return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+
+
 class ObserveMiddleware:
     def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
         self.app = app
@@ -61,11 +65,11 @@ class ObserveMiddleware:
                     metrics.ACTIVE_STREAMS.inc()
             await send(message)
 
-        headers = {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
+        parent = tracing.from_headers(_headers(scope)) if tracing.enabled() else None
         with tracing.span(f"{scope['method']} {route}", {
             "http.request.method": scope["method"], "http.route": route, "url.path": scope["path"],
             "assistd.request_id": request_id,
-        }, parent=tracing.from_headers(headers), kind="server") as span:
+        }, parent=parent, kind="server") as span:
             try:
                 await self.app(scope, receive, send_observed)
             finally:
