@@ -86,6 +86,16 @@ def test_a_run_against_an_unreachable_upstream_fails_naming_the_url_and_warns(ma
     assert "sk-upstream-secret-1234" not in log and "client-secret-key-5678" not in log
 
 
+def test_an_incomplete_run_warns_with_its_reason(client: openai.OpenAI, server: AssistdServer,
+                                                 upstream: FakeUpstream) -> None:
+    upstream.on("cut-short", Reply.text("a long answer", finish_reason="length"))
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "cut-short"}])
+    run = poll(client, thread.id, assistant_id=assistant(client).id)
+    assert run.status == "incomplete"
+    warnings = [line for line in server.log_text().splitlines() if " WARNING " in line and run.id in line]
+    assert len(warnings) == 1 and thread.id in warnings[0] and "max_completion_tokens" in warnings[0]
+
+
 def test_json_log_format_makes_every_line_one_json_object(make_server: Any, upstream: FakeUpstream) -> None:
     server = make_server(env={"ASSISTD_LOG_FORMAT": "json", "ASSISTD_LOG_LEVEL": "debug"})
     client = server.client()
