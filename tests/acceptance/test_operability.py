@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import BACKENDS
 from tests.support.fake_upstream import FakeUpstream, Reply
-from tests.support.flows import assistant, poll
+from tests.support.flows import assistant, poll, wait_until
 from tests.support.server import POSTGRES_ADMIN_URL, AssistdServer, free_port
 
 REDIS_URL = os.environ.get("ASSISTD_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
@@ -60,10 +60,12 @@ def test_every_response_carries_a_request_id_that_the_access_line_names(
     assert raw.parse()._request_id == request_id  # what the SDK shows its users
     missing = httpx.get(f"{server.base_url}/assistants/asst_nope", headers=server.headers)
     assert missing.status_code == 404 and missing.headers["x-request-id"].startswith("req_")
+    # The line is written once the response has gone out: wait for it rather than race it.
+    wait_until(lambda: missing.headers["x-request-id"] in server.log_text(), what="the access line")
     lines = server.log_text().splitlines()
     assert any(re.search(rf"assistd\.access: GET /v1/assistants 200 [0-9.]+ms {request_id}$", line)
                for line in lines), server.log_tail()
-    assert any(f"GET /v1/assistants/asst_nope 404" in line and missing.headers["x-request-id"] in line
+    assert any("GET /v1/assistants/asst_nope 404" in line and missing.headers["x-request-id"] in line
                for line in lines)
 
 
@@ -76,6 +78,8 @@ def test_a_run_against_an_unreachable_upstream_fails_naming_the_url_and_warns(ma
     run = poll(client, thread.id, assistant_id=assistant(client).id)
     assert run.status == "failed" and run.last_error is not None
     assert f"{dead}/chat/completions" in run.last_error.message
+    # The lines follow the run's commit, which the client may see first.
+    wait_until(lambda: f"run {run.id} ended failed" in server.log_text(), what="the run's last line")
     log = server.log_text()
     assert f"run {run.id} started (thread {thread.id}" in log
     ended = [line for line in log.splitlines() if f"run {run.id} ended failed" in line]
@@ -92,6 +96,7 @@ def test_an_incomplete_run_warns_with_its_reason(client: openai.OpenAI, server: 
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "cut-short"}])
     run = poll(client, thread.id, assistant_id=assistant(client).id)
     assert run.status == "incomplete"
+    wait_until(lambda: f"run {run.id} ended incomplete" in server.log_text(), what="the run's last line")
     warnings = [line for line in server.log_text().splitlines() if " WARNING " in line and run.id in line]
     assert len(warnings) == 1 and thread.id in warnings[0] and "max_completion_tokens" in warnings[0]
 
@@ -128,6 +133,9 @@ def test_metrics_count_runs_upstream_calls_and_requests_by_route(
     assert poll(client, thread.id, assistant_id=helper.id).status == "completed"
     other = client.beta.threads.create(messages=[{"role": "user", "content": "metrics-bad"}])
     assert poll(client, other.id, assistant_id=helper.id).status == "failed"
+    # A run is counted just after its final status is committed, which the client may see first.
+    wait_until(lambda: _value(_samples(server), "assistd_runs_total", status="failed")
+               > _value(before, "assistd_runs_total", status="failed"), what="the failed run's count")
     after = _samples(server)
 
     def grew(name: str, **labels: str) -> float:
@@ -241,7 +249,8 @@ def test_readyz_names_redis_when_it_is_gone_and_the_worker_metrics_port_serves(
             thread = client.beta.threads.create(messages=[{"role": "user", "content": "worker-metrics"}])
             assert poll(client, thread.id, assistant_id=assistant(client).id).status == "completed"
             worker_root = f"http://127.0.0.1:{metrics_port}"
-            assert _value(_samples(worker, worker_root), "assistd_runs_total", status="completed") == 1
+            wait_until(lambda: _value(_samples(worker, worker_root), "assistd_runs_total", status="completed") == 1,
+                       what="the worker to count the run")
             assert _value(_samples(api), "assistd_runs_total", status="completed") == 0  # counted where it ran
             assert httpx.get(f"{worker_root}/readyz").status_code == 200
             redis.kill()

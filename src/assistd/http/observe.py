@@ -37,6 +37,23 @@ def route_template(routes: Sequence[BaseRoute], scope: Scope) -> str:
     return UNMATCHED
 
 
+def endpoint_templates(routes: Sequence[BaseRoute], prefix: str = "") -> dict[Any, str]:
+    """Each endpoint's route template, where an endpoint serves one route only: after routing,
+    the scope names the endpoint, so most requests need no matching of their own."""
+    found: dict[Any, str] = {}
+    shared: set[Any] = set()
+    for route in routes:
+        if isinstance(route, Mount):
+            inner = endpoint_templates(route.routes, prefix + route.path)
+            shared |= inner.keys() & found.keys()
+            found.update(inner)
+        elif (endpoint := getattr(route, "endpoint", None)) is not None:
+            if endpoint in found:
+                shared.add(endpoint)
+            found[endpoint] = prefix + str(getattr(route, "path", ""))
+    return {endpoint: path for endpoint, path in found.items() if endpoint not in shared}
+
+
 def _headers(scope: Scope) -> dict[str, str]:
     return {k.decode("latin-1"): v.decode("latin-1") for k, v in scope["headers"]}
 
@@ -45,12 +62,16 @@ class ObserveMiddleware:
     def __init__(self, app: ASGIApp, routes: Sequence[BaseRoute]) -> None:
         self.app = app
         self.routes = routes
+        self.templates = endpoint_templates(routes)
+
+    def _route(self, scope: Scope) -> str:
+        """After routing: the template of the endpoint that answered, else matched again."""
+        return self.templates.get(scope.get("endpoint")) or route_template(self.routes, scope)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         request_id = new_request_id()
-        route = route_template(self.routes, scope)
         started = time.perf_counter()
         state: dict[str, Any] = {"status": 500, "stream": False}
 
@@ -66,22 +87,26 @@ class ObserveMiddleware:
             await send(message)
 
         parent = tracing.from_headers(_headers(scope)) if tracing.enabled() else None
-        with tracing.span(f"{scope['method']} {route}", {
-            "http.request.method": scope["method"], "http.route": route, "url.path": scope["path"],
-            "assistd.request_id": request_id,
+        path = scope["path"]  # routing rewrites the scope: keep what the client asked
+        with tracing.span(f"{scope['method']}", {
+            "http.request.method": scope["method"], "url.path": path, "assistd.request_id": request_id,
         }, parent=parent, kind="server") as span:
             try:
                 await self.app(scope, receive, send_observed)
             finally:
                 if state["stream"]:
                     metrics.ACTIVE_STREAMS.dec()
-                tracing.set_attributes(span, **{"http.response.status_code": state["status"]})
-                self._record(scope, route, request_id, state["status"], time.perf_counter() - started)
+                route = self._route({**scope, "path": path, "root_path": ""})
+                if span is not None:
+                    span.update_name(f"{scope['method']} {route}")
+                tracing.set_attributes(span, **{"http.response.status_code": state["status"], "http.route": route})
+                self._record(scope["method"], path, route, request_id, state["status"],
+                             time.perf_counter() - started)
 
     @staticmethod
-    def _record(scope: Scope, route: str, request_id: str, status: int, seconds: float) -> None:
-        metrics.HTTP.labels(scope["method"], route, str(status)).inc()
+    def _record(method: str, path: str, route: str, request_id: str, status: int, seconds: float) -> None:
+        metrics.HTTP.labels(method, route, str(status)).inc()
         metrics.HTTP_SECONDS.labels(route).observe(seconds)
-        access.info("%s %s %d %.1fms %s", scope["method"], scope["path"], status, seconds * 1000, request_id,
-                    extra={"method": scope["method"], "path": scope["path"], "status": status,
+        access.info("%s %s %d %.1fms %s", method, path, status, seconds * 1000, request_id,
+                    extra={"method": method, "path": path, "status": status,
                            "duration_ms": round(seconds * 1000, 1), "request_id": request_id})
