@@ -14,7 +14,8 @@ from collections.abc import Iterable
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 # The attributes every LogRecord has; anything else on a record came in through `extra`.
-_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName"}
+# uvicorn adds `color_message`, the same text with terminal colours.
+_STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "taskName", "color_message"}
 _QUIET = ("httpx", "httpx2", "openai", "httpcore", "httpcore2")  # a line per upstream request is too many
 
 
