@@ -169,6 +169,23 @@ def test_metrics_need_the_api_key_and_readyz_does_not(make_server: Any) -> None:
     assert ready.status_code == 200 and ready.json() == {"status": "ok"}
 
 
+def test_an_open_stream_is_counted_and_carries_a_request_id(make_server: Any, upstream: FakeUpstream) -> None:
+    server = make_server()
+    client = server.client()
+    upstream.on("stream-gauge", Reply.hang(after_chunks=1))
+    thread = client.beta.threads.create(messages=[{"role": "user", "content": "stream-gauge"}])
+    stream = client.beta.threads.runs.create(thread_id=thread.id, assistant_id=assistant(client).id, stream=True)
+    try:
+        assert stream.response.headers["x-request-id"].startswith("req_")
+        run_id = next(e.data.id for e in stream if e.event == "thread.run.created")
+        assert _value(_samples(server), "assistd_active_streams") == 1
+        client.beta.threads.runs.cancel(run_id, thread_id=thread.id)
+        assert [e.event for e in stream][-1] == "thread.run.cancelled"
+    finally:
+        stream.close()
+    wait_until(lambda: _value(_samples(server), "assistd_active_streams") == 0, what="the stream to be uncounted")
+
+
 def test_queued_runs_gauge_reads_the_database_at_scrape_time(make_server: Any, upstream: FakeUpstream) -> None:
     server = make_server(env={"ASSISTD_WORKER_CONCURRENCY": "1"})
     client = server.client()
