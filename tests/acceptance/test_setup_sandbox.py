@@ -70,6 +70,7 @@ def _install_and_run(tmp_path: Path, upstream: FakeUpstream) -> None:
     finally:
         proc.terminate()
         proc.wait(30)
+        shutil.rmtree(env["ASSISTD_CODE_DIR"], ignore_errors=True)  # its sessions were closed at stop
 
 
 def _wait_ready(root: str, proc: subprocess.Popen[bytes]) -> None:
