@@ -56,7 +56,6 @@ from bench.common import (
     free_port,
     log_problems,
     main,
-    ms,
     percentile,
     postgres_database,
     report,

@@ -112,8 +112,10 @@ def test_postgresql_out_of_reach_answers_503_and_the_run_says_the_database_was_u
                    what="the answer's message")
 
         proxy.cut()
-        health = httpx.get(f"{server.root_url}/healthz", timeout=30)
-        assert health.status_code == 503 and health.headers["retry-after"].isdigit()
+        ready = httpx.get(f"{server.root_url}/readyz", timeout=30)
+        assert ready.status_code == 503 and ready.headers["retry-after"].isdigit()
+        assert "database" in ready.json()["problems"]
+        assert httpx.get(f"{server.root_url}/healthz", timeout=30).status_code == 200  # alive: liveness only
         for call in (client.beta.assistants.list, lambda: client.beta.threads.create()):
             with pytest.raises(openai.InternalServerError) as caught:
                 call()
@@ -123,8 +125,8 @@ def test_postgresql_out_of_reach_answers_503_and_the_run_says_the_database_was_u
         upstream.wait_for_outcome("long answer", "client_closed", timeout=15)  # the run stopped generating
 
         proxy.restore()
-        wait_until(lambda: httpx.get(f"{server.root_url}/healthz", timeout=30).status_code == 200,
-                   timeout=30, what="assistd healthy again")
+        wait_until(lambda: httpx.get(f"{server.root_url}/readyz", timeout=30).status_code == 200,
+                   timeout=30, what="assistd ready again")
         failed = wait_for_status(client, thread.id, run.id, {"failed", "completed"}, timeout=30)
         assert failed.status == "failed" and failed.last_error is not None
         assert "database was unavailable" in failed.last_error.message

@@ -7,7 +7,6 @@ permitted), filled to the last byte as another program on the machine would.
 from __future__ import annotations
 
 import contextlib
-import errno
 import os
 import subprocess
 import time

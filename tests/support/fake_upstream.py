@@ -443,6 +443,9 @@ class FakeUpstream:
         if method == "GET" and path == "/log":
             since = int(parse_qs(url.query).get("since", ["0"])[0])
             return await _send_json(writer, 200, [r.summary() for r in self.requests[since:]])
+        if method == "GET" and path in ("/v1/models", "/models"):  # what `assistd check` asks
+            return await _send_json(writer, 200, {"object": "list", "data": [
+                {"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake-upstream"}]})
         if method == "POST" and path in ("/v1/embeddings", "/embeddings"):
             await asyncio.sleep(self.embeddings_delay)
             return await _send_json(writer, *self._embeddings(body))

@@ -15,6 +15,7 @@ from assistd.domain.run_state import CANCELLABLE, RunStatus, cancel_target
 from assistd.execution.broker import Event
 from assistd.execution.runtime import Runtime
 from assistd.execution.settle import Settled, settle_in
+from assistd.observability import tracing
 
 Obj = dict[str, Any]
 GUARD_RETRIES = 5
@@ -32,6 +33,7 @@ def message_from_params(thread_id: str, params: Obj) -> Obj:
 
 def new_run(rt: Runtime, thread_id: str, assistant: Obj, params: Obj) -> tuple[Obj, list[Obj]]:
     row = o.new_run_row(thread_id, assistant, params, rt.settings.run_expires_seconds)
+    row["traceparent"] = tracing.current_traceparent()  # the run's spans join this request's trace
     extra = [message_from_params(thread_id, m) for m in params.get("additional_messages") or []]
     return row, extra
 

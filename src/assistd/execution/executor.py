@@ -28,6 +28,7 @@ from assistd.execution.settle import Settled, run_usage, settle, settle_in
 from assistd.execution.sweeper import hand_back
 from assistd.execution.upstream import UpstreamError
 from assistd.storage.db import DatabaseUnavailable
+from assistd.observability import runs as observed
 from assistd.storage.files import FileStore
 
 log = logging.getLogger("assistd.executor")
@@ -58,6 +59,7 @@ class RunTurn:
         self.steps: list[Obj] = []  # the run's steps before this upstream call
         self.searching = False  # the model is offered file_search in this call
         self.coding = False  # the model is offered code_interpreter in this call
+        self.watch: observed.Turn | None = None
         self._reset()
 
     def _reset(self) -> None:
@@ -80,6 +82,8 @@ class RunTurn:
         return str(self.run["id"])
 
     def publish(self, event: str, data: Any) -> None:
+        if self.watch is not None and event.endswith(".delta"):
+            self.watch.first_delta()
         self.rt.broker.publish(self.run_id, event, data)
 
     async def execute(self) -> None:
@@ -103,6 +107,8 @@ class RunTurn:
             log.exception("run %s failed inside assistd", self.run_id)
             error = {"code": "server_error", "message": f"assistd error: {type(exc).__name__}"}
             await self._record_end(self._end(RunStatus.FAILED, last_error=error))
+        finally:
+            observed.end_turn(self.watch)
 
     async def _fail_when_database_is_back(self) -> None:
         """The turn can't go on without its database (the upstream request is already
@@ -140,6 +146,7 @@ class RunTurn:
     # ------------------------------------------------------------ the turn
 
     async def _turn(self) -> None:
+        self.watch = await observed.start_turn(self.rt.store, self.run)
         if file_search.tool(self.run) is not None:
             self.store_ids = await file_search.vector_store_ids(self.rt.store, self.run)
             await file_search.check_live(self.rt.store, self.store_ids)
@@ -163,9 +170,12 @@ class RunTurn:
         if isinstance(request, str):
             await self._end_incomplete(request)
             return False
-        async with self.rt.upstream.stream(request, deadline=self.run.get("expires_at")) as chunks:
-            async for chunk in chunks:
-                await self._on_chunk(chunk)
+        with observed.upstream_call(request) as call:
+            async with self.rt.upstream.stream(request, deadline=self.run.get("expires_at")) as chunks:
+                call.opened()
+                async for chunk in chunks:
+                    await self._on_chunk(chunk)
+            call.usage(self.usage)
         if self.finish_reason is None:  # the connection ended without the completion's end
             raise UpstreamError("server_error", "The upstream stream ended before the completion finished.")
         return await self._finish(used)
@@ -345,9 +355,11 @@ class RunTurn:
         call object (search results; code input and outputs)."""
         for index, call in self.calls.items():
             if self._is_search(call):
-                self.calls[index] = await file_search.search(self.rt.retriever, self.run, self.store_ids, call)
+                with observed.tool_call(file_search.NAME, run_id=self.run_id):
+                    self.calls[index] = await file_search.search(self.rt.retriever, self.run, self.store_ids, call)
             elif self._is_code(call):
-                self.calls[index] = await self._run_code(index, call)
+                with observed.tool_call(code_tool.NAME, run_id=self.run_id):
+                    self.calls[index] = await self._run_code(index, call)
 
     async def _run_code(self, index: int, call: Obj) -> Obj:
         """Run the call's code in the thread's session; files it writes and images it shows

@@ -10,7 +10,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from assistd.config import Settings
+from assistd.config import SettingError, Settings
 from assistd.execution.broker import Broker, LocalBroker
 from assistd.execution.embeddings import LocalEmbedder, UpstreamEmbedder, local_model_problem, open_embedder
 from assistd.execution.retrieval import Retriever
@@ -57,7 +57,7 @@ def _broker(settings: Settings) -> Broker:
 async def open_runtime(settings: Settings) -> Runtime:
     """Connect to the database (applying migrations), the event broker and the wake-ups."""
     if problem := local_model_problem(settings):
-        raise SystemExit(f"ASSISTD_EMBEDDINGS_MODEL={settings.embeddings_model}: {problem}")
+        raise SettingError(f"ASSISTD_EMBEDDINGS_MODEL={settings.embeddings_model}: {problem}")
     url = settings.resolved_database_url
     db = open_database(url, settings.database_pool_size)
     await db.connect()

@@ -9,6 +9,7 @@ from typing import Any
 from assistd.domain.ids import now
 from assistd.domain.run_state import RunStatus
 from assistd.execution.broker import Broker
+from assistd.observability import runs as observed
 from assistd.storage.db import Executor
 from assistd.storage.store import Store
 
@@ -42,6 +43,7 @@ class Settled:
         for step in self.steps:
             broker.publish(run_id, f"thread.run.step.{step['status']}", step)
         broker.publish(run_id, f"thread.run.{self.run['status']}", self.run)
+        observed.settled(self.run)
 
 
 def _close_step(step: Obj, target: RunStatus, last_error: Obj | None) -> Obj:

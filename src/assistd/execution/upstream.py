@@ -44,13 +44,19 @@ def classify(exc: BaseException) -> UpstreamError:
     if isinstance(exc, openai.BadRequestError):
         return UpstreamError("invalid_prompt", f"Upstream rejected the request: {_detail(exc)}")
     if isinstance(exc, openai.APITimeoutError):
-        return UpstreamError("server_error", "The upstream model timed out.")
+        return UpstreamError("server_error", f"The upstream model timed out ({_url(exc)}).")
     if isinstance(exc, openai.APIStatusError):
         return UpstreamError("server_error", f"Upstream error {exc.status_code}: {_detail(exc)}")
     if isinstance(exc, openai.APIConnectionError):
-        return UpstreamError("server_error", f"Upstream connection failed: {exc}")
+        return UpstreamError("server_error", f"Upstream connection failed ({_url(exc)}): {exc}")
     # Mid-stream transport errors arrive raw from the SDK's HTTP library (httpx or httpx2).
     return UpstreamError("server_error", f"Upstream stream broke: {type(exc).__name__}: {exc}")
+
+
+def _url(exc: openai.APIError) -> str:
+    """The URL that was tried, so an operator sees which upstream failed (never its key)."""
+    request = getattr(exc, "request", None)
+    return str(request.url) if request is not None else "unknown URL"
 
 
 def _detail(exc: openai.APIError) -> str:

@@ -59,6 +59,11 @@ class Worker:
         self.rt.signals.queued.set()
         log.info("worker ready: %s takes up to %d runs", self.id, self.concurrency)
 
+    @property
+    def running(self) -> bool:
+        """Claiming and heartbeating, as readiness asks."""
+        return bool(self._loops) and not self._stopping and not any(loop.done() for loop in self._loops)
+
     def stop_run(self, run_id: str, reason: str = StopReason.CANCEL) -> bool:
         """Stop a turn this process is executing; the turn settles the run itself."""
         entry = self.turns.get(run_id)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 from collections.abc import AsyncIterator
@@ -12,21 +11,18 @@ from pydantic import ValidationError
 from starlette.applications import Starlette
 from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
-from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Mount, Route
+from starlette.routing import Mount
 
 from assistd.config import Settings
 from assistd.domain.errors import ApiError
-from assistd.execution.runtime import Runtime, close_runtime, open_runtime
+from assistd.execution.runtime import close_runtime, open_runtime
 from assistd.execution.sweeper import Sweeper
 from assistd.execution.worker import Worker
-from assistd.http import assistants, files, runs, threads, vector_stores
-from assistd.http import model_list
+from assistd.http import assistants, files, model_list, ops, runs, threads, vector_stores
 from assistd.http.auth import ApiKeyMiddleware
 from assistd.http.edge import EdgeMiddleware
+from assistd.http.observe import ObserveMiddleware
 from assistd.http.errors import (
-    RETRY_AFTER_SECONDS,
     api_error_handler,
     cursor_handler,
     database_unavailable_handler,
@@ -41,18 +37,6 @@ from assistd.ui.serve import ConsoleMiddleware
 log = logging.getLogger("assistd")
 
 
-HEALTH_TIMEOUT_SECONDS = 5.0
-
-
-async def healthz(request: Request) -> Response:
-    """200 while the database answers; 503 (with Retry-After) while it doesn't."""
-    rt: Runtime = request.app.state.runtime
-    try:
-        await asyncio.wait_for(rt.store.db.fetchone("SELECT 1 AS ok"), HEALTH_TIMEOUT_SECONDS)
-    except (DatabaseUnavailable, TimeoutError):
-        return JSONResponse({"status": "unavailable", "database": "unreachable"}, status_code=503,
-                            headers={"Retry-After": str(RETRY_AFTER_SECONDS)})
-    return JSONResponse({"status": "ok"})
 
 
 def create_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
@@ -63,6 +47,7 @@ def create_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
         # Without a worker, this process still settles orphaned and expired runs.
         worker = Worker(rt) if with_worker else None
         sweeper = worker.sweeper if worker is not None else Sweeper(rt)
+        app.state.worker = worker  # readiness asks whether it runs
         if worker is not None:
             await worker.start()
         else:
@@ -75,15 +60,18 @@ def create_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
             await sweeper.stop()
             await close_runtime(rt)
 
+    routes = [
+        *ops.routes,  # /healthz (liveness), /readyz, /metrics
+        Mount("/v1", routes=[*assistants.routes, *files.routes, *runs.routes, *threads.routes,
+                             *vector_stores.routes, *model_list.routes]),
+    ]
     return Starlette(
-        routes=[
-            Route("/healthz", healthz, methods=["GET"]),
-            Mount("/v1", routes=[*assistants.routes, *files.routes, *runs.routes, *threads.routes,
-                                 *vector_stores.routes, *model_list.routes]),
-        ],
-        # The console's pages are public (they hold no data), so they are served before the key
-        # check; the edge checks (Host, Content-Type, body size) come first for everything.
-        middleware=[Middleware(EdgeMiddleware, loopback_only=not settings.api_keys,
+        routes=routes,
+        # Every request gets an id and an access line; the edge checks (Host, Content-Type, body
+        # size) come next; the console's pages are public (they hold no data), so they are
+        # served before the key check.
+        middleware=[Middleware(ObserveMiddleware, routes=routes),
+                    Middleware(EdgeMiddleware, loopback_only=not settings.api_keys,
                                max_body_bytes=settings.max_body_bytes),
                     Middleware(ConsoleMiddleware),
                     Middleware(ApiKeyMiddleware, keys=settings.api_keys)],

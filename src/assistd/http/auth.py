@@ -9,7 +9,7 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from assistd.domain.errors import ApiError
 from assistd.http.errors import error_response
 
-OPEN_PATHS = frozenset({"/healthz"})
+OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # /metrics asks for a key, as /v1 does
 
 
 def _masked(key: str) -> str:

@@ -236,9 +236,9 @@ class Store:
             await self.insert_message(message, db)
         await db.execute(
             "INSERT INTO runs (id, thread_id, assistant_id, created_at, status, data, metadata, "
-            "expires_at) VALUES (:id, :thread_id, :assistant_id, :created_at, :status, :data, "
-            ":metadata, :expires_at)",
-            **run_row,
+            "expires_at, traceparent) VALUES (:id, :thread_id, :assistant_id, :created_at, :status, :data, "
+            ":metadata, :expires_at, :traceparent)",
+            **{"traceparent": None, **run_row},
         )
         return await self.get_run(thread_id, run_row["id"], db)
 
@@ -250,6 +250,11 @@ class Store:
         if row is None:
             raise not_found("run", run_id)
         return o.run_from_row(row)
+
+    async def run_traceparent(self, run_id: str) -> str | None:
+        """The trace context of the request that created the run (internal, for tracing)."""
+        row = await self.db.fetchone("SELECT traceparent FROM runs WHERE id = :id", id=run_id)
+        return None if row is None else row["traceparent"]
 
     async def get_run_by_id(self, run_id: str, db: Executor | None = None) -> Obj | None:
         row = await (db or self.db).fetchone(f"SELECT {RUN_COLUMNS} FROM runs WHERE id = :id", id=run_id)
