@@ -43,6 +43,7 @@ def test_the_list_is_cached_for_a_short_while(make_server: Callable[..., Assistd
 
 
 def test_an_upstream_without_models_lists_none(make_server: Callable[..., AssistdServer], upstream: FakeUpstream) -> None:
+    upstream.models = None  # the fake upstream answers GET /v1/models with a 404
     with make_server().client() as client:
         assert client.models.list().data == []
         with pytest.raises(openai.NotFoundError):

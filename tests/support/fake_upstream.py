@@ -47,6 +47,9 @@ OUTCOMES = ("completed", "client_closed", "dropped", "error")
 # ---------------------------------------------------------------- the script
 
 
+DEFAULT_MODELS = ({"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake-upstream"},)
+
+
 @dataclass(frozen=True)
 class Reply:
     """One scripted answer. Build it with the constructors, not the fields."""
@@ -223,7 +226,8 @@ class FakeUpstream:
         self.embedding_batches: list[int] = []  # texts per /v1/embeddings request, in order
         self.fail_embeddings = False
         self.embeddings_delay = 0.0  # seconds before each /v1/embeddings answer
-        self.models: list[Obj] | None = None  # what GET /v1/models lists; None: no such route (404)
+        # what GET /v1/models lists (`assistd check` asks it too); None: no such route (404)
+        self.models: list[Obj] | None = list(DEFAULT_MODELS)
         self.models_requests = 0
 
     # ------------------------------------------------------------ script
@@ -254,7 +258,7 @@ class FakeUpstream:
             self.embedding_batches.clear()
             self.fail_embeddings = False
             self.embeddings_delay = 0.0
-            self.models = None
+            self.models = list(DEFAULT_MODELS)
             self.models_requests = 0
 
     def _pick(self, marker: str) -> Reply:
@@ -443,9 +447,6 @@ class FakeUpstream:
         if method == "GET" and path == "/log":
             since = int(parse_qs(url.query).get("since", ["0"])[0])
             return await _send_json(writer, 200, [r.summary() for r in self.requests[since:]])
-        if method == "GET" and path in ("/v1/models", "/models"):  # what `assistd check` asks
-            return await _send_json(writer, 200, {"object": "list", "data": [
-                {"id": "fake-model", "object": "model", "created": 0, "owned_by": "fake-upstream"}]})
         if method == "POST" and path in ("/v1/embeddings", "/embeddings"):
             await asyncio.sleep(self.embeddings_delay)
             return await _send_json(writer, *self._embeddings(body))

@@ -100,8 +100,10 @@ def backoff(attempt: int, exc: openai.APIError) -> float:
 
 def exhausted(exc: openai.APIError, host: str, attempts: int) -> UpstreamError:
     """The run's last_error once no retry is left: it names the upstream host and its answer."""
-    what = f"answered {exc.status_code}" if isinstance(exc, openai.APIStatusError) else "could not be reached"
-    detail = _detail(exc) if isinstance(exc, openai.APIStatusError) else str(exc)
+    if isinstance(exc, openai.APIStatusError):
+        what, detail = f"answered {exc.status_code}", _detail(exc)
+    else:  # the URL tells an operator exactly what was tried (never the key)
+        what, detail = "could not be reached", f"{exc} ({_url(exc)})"
     code = "rate_limit_exceeded" if isinstance(exc, openai.RateLimitError) else "server_error"
     tries = "once" if attempts == 1 else f"{attempts} times"
     return UpstreamError(code, f"The upstream {host} {what} (tried {tries}): {detail}")

@@ -15,10 +15,13 @@ from typing import Any
 from starlette.routing import BaseRoute, Match, Mount
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from assistd.http.edge import CLIENT_GONE
 from assistd.observability import metrics, tracing
 
 access = logging.getLogger("assistd.access")
-UNMATCHED = "unmatched"  # any path no route serves: one label, whatever clients send
+UNMATCHED = "unmatched"
+# nginx's status for a client that went away before its request was whole: nothing was answered
+CLIENT_CLOSED_REQUEST = 499  # any path no route serves: one label, whatever clients send
 
 
 def new_request_id() -> str:
@@ -100,6 +103,8 @@ class ObserveMiddleware:
                 if span is not None:
                     span.update_name(f"{scope['method']} {route}")
                 tracing.set_attributes(span, **{"http.response.status_code": state["status"], "http.route": route})
+                if scope.get(CLIENT_GONE):
+                    state["status"] = CLIENT_CLOSED_REQUEST
                 self._record(scope["method"], path, route, request_id, state["status"],
                              time.perf_counter() - started)
 
