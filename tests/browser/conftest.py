@@ -39,7 +39,9 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.skip(reason=f"no browser: {PROBLEM}"))
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API leaves its event loop marked as running in
+# this thread while it is open, and any later test calling asyncio.run() would then fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     assert sync_playwright is not None
     with sync_playwright() as pw:
