@@ -387,7 +387,7 @@ def test_streamed_image_parts_and_file_annotations_render_in_delta_and_completed
         expect(message.locator("a.cite")).to_have_text("report.txt")
         expect(message).to_contain_text("Saved to report.txt here.")
         expect(message.locator("img")).to_have_attribute("src", re.compile(r"^blob:"))
-        page.wait_for_function("() => document.querySelector('#probe img').naturalWidth === 1")
+        page.wait_for_function("() => document.querySelector('#probe img')?.naturalWidth === 1")
         page.evaluate("window.probe.conv.handle('thread.message.completed', window.probe.final)")
     expect(message.locator("img")).to_have_count(1)
     with page.expect_download() as download:

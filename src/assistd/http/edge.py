@@ -12,6 +12,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import ipaddress
 import logging
 from urllib.parse import urlsplit
@@ -28,6 +30,9 @@ log = logging.getLogger("assistd.http")
 
 BODY_METHODS = frozenset({"POST", "PUT", "PATCH"})
 UPLOAD_PATHS = frozenset({"/v1/files"})  # multipart, with their own size limit
+# What a refused request's body may still send, read and dropped, before the answer.
+DRAIN_BYTES = 64 * 1024 * 1024
+DRAIN_SECONDS = 2.0
 
 
 class BodyTooLarge(ApiError):
@@ -91,6 +96,27 @@ def _length_problem(scope: Scope, limit: int) -> ApiError | None:
     return None
 
 
+async def _drain(receive: Receive, more: bool = True) -> None:
+    """Read and drop what is left of a refused request's body, within DRAIN_BYTES and
+    DRAIN_SECONDS, before answering: closing with unread bytes makes the peer's kernel send a
+    reset, and a client still sending would lose the answer (nginx's lingering close)."""
+    dropped = 0
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(DRAIN_SECONDS):
+            while more and dropped <= DRAIN_BYTES:
+                message = await receive()
+                if message["type"] != "http.request":
+                    return
+                dropped += len(message.get("body", b""))
+                more = bool(message.get("more_body", False))
+
+
+def _drainable(scope: Scope) -> bool:
+    length = _header(scope, b"content-length")
+    return _has_body(scope) and not (length is not None and length.strip().isdigit()
+                                     and int(length) > DRAIN_BYTES)
+
+
 def _limited(receive: Receive, limit: int) -> Receive:
     """`receive`, raising BodyTooLarge once more than `limit` body bytes came (chunked bodies)."""
     seen = 0
@@ -101,6 +127,7 @@ def _limited(receive: Receive, limit: int) -> Receive:
         if message["type"] == "http.request":
             seen += len(message.get("body", b""))
             if seen > limit:
+                await _drain(receive, bool(message.get("more_body", False)))
                 raise BodyTooLarge(limit)
         return message
 
@@ -118,6 +145,8 @@ class EdgeMiddleware:
             return await self.app(scope, receive, send)
         problem = self._problem(scope)
         if problem is not None:
+            if _drainable(scope):
+                await _drain(receive)
             return await error_response(problem)(scope, receive, send)
         if scope["path"] not in UPLOAD_PATHS:
             receive = _limited(receive, self.max_body_bytes)
