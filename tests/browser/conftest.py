@@ -23,10 +23,12 @@ CHROMIUM = os.environ.get("ASSISTD_TEST_CHROMIUM", "/usr/bin/chromium")
 
 try:
     from playwright.sync_api import Browser, Page, sync_playwright
-except ImportError:  # pragma: no cover - the test extra installs it
-    sync_playwright = None
 
-PROBLEM = ("the playwright package is not installed" if sync_playwright is None
+    HAVE_PLAYWRIGHT = True
+except ImportError:  # pragma: no cover - the test extra installs it
+    HAVE_PLAYWRIGHT = False
+
+PROBLEM = ("the playwright package is not installed" if not HAVE_PLAYWRIGHT
            else None if os.access(CHROMIUM, os.X_OK) else f"no chromium at {CHROMIUM}")
 
 
@@ -41,7 +43,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 @pytest.fixture(scope="session")
 def browser() -> Iterator[Browser]:
-    assert sync_playwright is not None
+    assert HAVE_PLAYWRIGHT
     with sync_playwright() as pw:
         # --no-sandbox: CI runs as root, where chromium's own sandbox refuses to start.
         launched = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])

@@ -21,7 +21,6 @@ from assistd.execution.worker import Worker
 from assistd.http import assistants, files, model_list, ops, runs, threads, vector_stores
 from assistd.http.auth import ApiKeyMiddleware
 from assistd.http.edge import EdgeMiddleware
-from assistd.http.observe import ObserveMiddleware
 from assistd.http.errors import (
     api_error_handler,
     cursor_handler,
@@ -30,6 +29,7 @@ from assistd.http.errors import (
     unexpected_handler,
     validation_handler,
 )
+from assistd.http.observe import ObserveMiddleware
 from assistd.storage.db import DatabaseUnavailable
 from assistd.storage.pages import UnknownCursor
 from assistd.ui.serve import ConsoleMiddleware
