@@ -223,7 +223,7 @@ async def store_file(files: FileStore, path: Path) -> Obj:
     except BaseException:
         blob.discard()
         raise
-    return await files.add(file_row(blob.file_id, path.name, blob.size), blob)
+    return await files.add(o.new_file_row(blob.file_id, path.name, OUTPUT_PURPOSE, blob.size, None), blob)
 
 
 # ---------------------------------------------------------------- the call's record
@@ -301,7 +301,3 @@ def image_parts(steps: list[Obj]) -> list[Obj]:
             since = steps[position + 1:]
     return [{"type": "image_file", "image_file": {"file_id": out["image"]["file_id"]}}
             for call in o.tool_calls_of(since, NAME) for out in call[NAME]["outputs"] if out["type"] == "image"]
-
-
-def file_row(file_id: str, name: str, size: int) -> Obj:
-    return o.new_file_row(file_id, name, OUTPUT_PURPOSE, size, None)

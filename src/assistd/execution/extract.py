@@ -51,10 +51,6 @@ def too_many_tokens(limit: int) -> ExtractionError:
 # ---------------------------------------------------------------- tokens
 
 
-def count_tokens(text: str) -> int:
-    return sum(1 for _ in _TOKEN.finditer(text))
-
-
 class TokenBudget:
     """Collects a document's text part by part; past `limit` tokens it stops the extraction."""
 
