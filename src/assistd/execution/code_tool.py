@@ -23,7 +23,7 @@ from typing import Any
 
 from assistd.config import Settings
 from assistd.domain import objects as o
-from assistd.domain.errors import ApiError
+from assistd.domain.errors import NotFound
 from assistd.execution.attachments import tool_resource_ids
 from assistd.storage.files import FileStore
 from assistd.storage.store import Store
@@ -197,7 +197,7 @@ async def input_files(files: FileStore, file_ids: list[str]) -> list[tuple[str, 
     for file_id in file_ids:
         try:
             row = await files.get(file_id)
-        except ApiError:
+        except NotFound:
             continue
         found.append((str(row["filename"]), files.path(file_id)))
     return found

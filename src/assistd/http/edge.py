@@ -19,9 +19,8 @@ from urllib.parse import urlsplit
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from assistd.domain.errors import ApiError
 from assistd.http import errors
-from assistd.http.errors import error_response
+from assistd.http.errors import ApiError, error_response
 
 log = logging.getLogger("assistd.http")
 

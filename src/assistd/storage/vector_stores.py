@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from assistd.domain import objects as o
-from assistd.domain.errors import ApiError, invalid, not_found
+from assistd.domain.errors import InvalidRequest, NotFound, invalid, not_found
 from assistd.domain.ids import new_id, now
 from assistd.storage import pgvector
 from assistd.storage.db import Database, Executor, expand_in
@@ -92,12 +92,12 @@ def top_similar(matrix: np.ndarray, queries: np.ndarray, limit: int) -> list[tup
     return [(int(row), float(similarity[row])) for row in order]
 
 
-def expired_error(vector_store_id: str) -> ApiError:
+def expired_error(vector_store_id: str) -> InvalidRequest:
     return invalid(f"Vector store '{vector_store_id}' has expired and can no longer be searched.")
 
 
-def _file_not_found(vector_store_id: str, file_id: str) -> ApiError:
-    return ApiError(404, f"No file found with id '{file_id}' in vector store '{vector_store_id}'.")
+def _file_not_found(vector_store_id: str, file_id: str) -> NotFound:
+    return NotFound(f"No file found with id '{file_id}' in vector store '{vector_store_id}'.")
 
 
 async def _counts(db: Executor, store_ids: list[str]) -> dict[str, tuple[dict[str, int], int]]:
@@ -298,7 +298,7 @@ class VectorStoreStore:
         await self.touch(vector_store_id)
 
     async def live(self, vector_store_id: str) -> Obj:
-        """The store's row, unless it has expired (then 400: it can't be used any more)."""
+        """The store's row, unless it has expired (then InvalidRequest: it can't be used any more)."""
         row = await self._row(vector_store_id)
         if o.store_expired(row):
             raise expired_error(vector_store_id)
