@@ -32,16 +32,20 @@ PROBLEM = ("the playwright package is not installed" if not HAVE_PLAYWRIGHT
            else None if os.access(CHROMIUM, os.X_OK) else f"no chromium at {CHROMIUM}")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if PROBLEM is None:
-        return
     here = Path(__file__).parent
     for item in items:
         if here in Path(str(item.path)).parents:
-            item.add_marker(pytest.mark.skip(reason=f"no browser: {PROBLEM}"))
+            # one xdist worker runs them all, one after the other, so the browser starts once
+            item.add_marker(pytest.mark.xdist_group("browser"))
+            if PROBLEM is not None:
+                item.add_marker(pytest.mark.skip(reason=f"no browser: {PROBLEM}"))
 
 
-@pytest.fixture(scope="session")
+# Per module, not per session: Playwright's sync API leaves its event loop marked as running in
+# this thread while it is open, and any later test calling asyncio.run() would then fail.
+@pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
     assert HAVE_PLAYWRIGHT
     with sync_playwright() as pw:
