@@ -22,8 +22,11 @@ from tests.support.server import AssistdServer
 CHROMIUM = os.environ.get("ASSISTD_TEST_CHROMIUM", "/usr/bin/chromium")
 
 try:
-    from playwright.sync_api import Browser, Page, sync_playwright
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
 
+    # the same patience for assertions as for actions (the page's default timeout, below): on a
+    # loaded machine, or with the suite's parallel workers, a streamed render can take over 5 s
+    expect.set_options(timeout=15_000)
     HAVE_PLAYWRIGHT = True
 except ImportError:  # pragma: no cover - the test extra installs it
     HAVE_PLAYWRIGHT = False

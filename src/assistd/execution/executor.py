@@ -516,7 +516,7 @@ class RunTurn:
         if self.stop_reason == StopReason.EXPIRE:
             await self._end(RunStatus.EXPIRED, only_from=(RunStatus.IN_PROGRESS.value,))
             return
-        if self.stop_reason == StopReason.SHUTDOWN and not self.wrote_anything:  # noqa: SIM102 - see the cancel work
+        if self.stop_reason == StopReason.SHUTDOWN and not self.wrote_anything:  # noqa: SIM102 - hand_back is a write, tried only here
             if await hand_back(self.rt, self.run_id):
                 return
         if self.stop_reason == StopReason.SHUTDOWN:
