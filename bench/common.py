@@ -196,7 +196,7 @@ def assistd(upstream_url: str, database_url: str = "", settings: dict[str, str] 
 
 
 async def _admin(sql: str) -> None:
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     conn = await asyncpg.connect(POSTGRES_ADMIN_URL, timeout=10)
     try:

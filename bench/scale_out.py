@@ -33,7 +33,7 @@ import shutil
 import signal
 import subprocess
 import time
-from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from collections.abc import Awaitable, Callable, Coroutine, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -292,7 +292,7 @@ async def _job(client: openai.AsyncOpenAI, assistant_id: str, job: Job) -> None:
             async for event in stream:
                 if event.event == "thread.message.delta":
                     job.deltas += 1
-                elif event.event.startswith("thread.run.") and not event.event.startswith("thread.run.step"):
+                elif isinstance(event.data, openai.types.beta.threads.Run):
                     job.run_id, job.status = event.data.id, event.data.status
                     if event.event == "thread.run.in_progress":
                         job.claimed = time.monotonic()
@@ -304,7 +304,7 @@ async def _job(client: openai.AsyncOpenAI, assistant_id: str, job: Job) -> None:
         job.error = error_text(exc)[:300]
 
 
-async def _bounded_all(calls: list[Callable[[], Awaitable[None]]], limit: int, timeout: float) -> None:
+async def _bounded_all(calls: Sequence[Callable[[], Awaitable[None]]], limit: int, timeout: float) -> None:
     """Make the calls, at most `limit` at once; cancel whatever is left after `timeout` s."""
     semaphore = asyncio.Semaphore(limit)
 
@@ -410,8 +410,8 @@ async def measure_cancels(dep: Deployment, conn: Any, count: int) -> CancelResul
         tasks = [asyncio.create_task(follow(r)) for r in live if r.thread_id]
         waits = [asyncio.create_task(r.streaming.wait()) for r in live if r.thread_id]
         _, late = await asyncio.wait(waits, timeout=STREAM_WAIT)
-        for task in late:
-            task.cancel()
+        for waiting in late:
+            waiting.cancel()
         silent = [r for r in live if r.thread_id and not r.text]
         if silent:  # cancelled like the others, reported here
             result.checks.problems.append(
@@ -421,8 +421,8 @@ async def measure_cancels(dep: Deployment, conn: Any, count: int) -> CancelResul
             if run.run_id and not run.error:
                 await _cancel_one(cancels, run)
                 await asyncio.sleep(CANCEL_PACE)
-        _, late = await asyncio.wait(tasks, timeout=30)
-        for task in late:
+        _, unfinished = await asyncio.wait(tasks, timeout=30)
+        for task in unfinished:
             task.cancel()
         result.cpu = cpu_delta(before, cpu_snapshot(dep))
         log = {record["marker"]: record for record in await asyncio.to_thread(dep.upstream.log, since)}
@@ -493,7 +493,7 @@ async def _limit(coro: Coroutine[Any, Any, T], what: str) -> T:
 
 async def measure_round(dep: Deployment, one: Round, runs: int, cancels: int) -> None:
     """Both phases on one deployment; the benchmark's own PostgreSQL connection is taken first."""
-    import asyncpg  # type: ignore[import-untyped]
+    import asyncpg
 
     conn = await asyncpg.connect(dep.database_url, timeout=10)
     watch = await asyncpg.connect(dep.database_url, timeout=10)

@@ -36,6 +36,9 @@ BACKENDS = [b.strip() for b in os.environ.get("ASSISTD_TEST_BACKENDS", "sqlite,p
 DEFAULT_TIMEOUT = float(os.environ.get("ASSISTD_TEST_TIMEOUT", "120"))
 
 SERVERS = pytest.StashKey[list[AssistdServer]]()
+# A test server stopped at a test's (or the session's) end may still be executing a run the test
+# left hanging; it needn't wait the default 10 s for it. Tests of shutdown set their own.
+QUICK_SHUTDOWN = {"ASSISTD_SHUTDOWN_GRACE_SECONDS": "1"}
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -106,7 +109,8 @@ def server(backend: str, session_upstream: FakeUpstream, databases: Databases,
            tmp_path_factory: pytest.TempPathFactory) -> Iterator[AssistdServer]:
     """One server per backend for the whole session, on the session upstream."""
     data_dir = tmp_path_factory.mktemp(f"assistd-{backend}")
-    srv = _started(AssistdServer(session_upstream.base_url, database_url=databases.new(backend), data_dir=data_dir))
+    srv = _started(AssistdServer(session_upstream.base_url, database_url=databases.new(backend), data_dir=data_dir,
+                                 env=QUICK_SHUTDOWN))
     yield srv
     srv.stop()
 
@@ -125,7 +129,7 @@ def make_server(backend: str, upstream: FakeUpstream, databases: Databases, requ
 
     def make(env: dict[str, str] | None = None, **kw: Any) -> AssistdServer:
         data_dir = tmp_path_factory.mktemp(f"assistd-{backend}-own")
-        srv = AssistdServer(upstream.base_url, database_url=databases.new(backend), env=env,
+        srv = AssistdServer(upstream.base_url, database_url=databases.new(backend), env={**QUICK_SHUTDOWN, **(env or {})},
                             data_dir=data_dir, **kw)
         started.append(srv)
         return _started(srv)

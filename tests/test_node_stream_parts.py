@@ -21,7 +21,8 @@ from tests.acceptance.test_stream_fidelity import CHART_AND_FILE, CITED_ANSWER, 
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.flows import assistant
 from tests.support.server import AssistdServer
-from tests.test_node_sdk import NODE, NODE_DIR, pytestmark as node_marks
+from tests.test_node_sdk import NODE, NODE_DIR
+from tests.test_node_sdk import pytestmark as node_marks
 
 SCRIPT = NODE_DIR / "stream_parts.mjs"
 pytestmark = [*node_marks, pytest.mark.timeout(120)]
@@ -45,13 +46,13 @@ def assert_built_as_retrieved(result: dict[str, Any]) -> dict[str, Any]:
     for key in ("id", "thread_id", "role", "assistant_id", "run_id", "attachments", "metadata"):
         assert built[key] == retrieved[key], key
     assert len(built["content"]) == len(retrieved["content"])
-    for got, want in zip(built["content"], retrieved["content"]):
-        got = {k: v for k, v in got.items() if k != "index"}  # the SDK keeps the delta's index
+    for part, want in zip(built["content"], retrieved["content"], strict=True):
+        got = {k: v for k, v in part.items() if k != "index"}  # the SDK keeps the delta's index
         if want["type"] == "text":
             got["text"]["annotations"] = [{k: v for k, v in a.items() if k != "index"}
                                           for a in got["text"]["annotations"]]
         assert got == want
-    return retrieved
+    return dict(retrieved)
 
 
 def sent_annotations(result: dict[str, Any]) -> list[tuple[dict[str, Any], int, int]]:

@@ -33,7 +33,7 @@ def test_cancel_in_progress_run_closes_upstream_and_keeps_partial_text(
         for event in stream:
             events.append(event.event)
             if event.event == "thread.message.delta":
-                received += event.data.delta.content[0].text.value  # type: ignore[union-attr]
+                received += event.data.delta.content[0].text.value  # type: ignore[index, operator, union-attr]
                 if received.count("word") == 3 and cancel_answer is None:
                     run_id = stream.current_run.id  # type: ignore[union-attr]
                     cancel_answer = client.beta.threads.runs.cancel(run_id, thread_id=thread.id)
@@ -168,7 +168,7 @@ def test_two_cancels_at_once_end_in_one_cancellation(client: openai.OpenAI, upst
         answers = list(pool.map(lambda _: cancel(), range(2)))
     accepted = [a for a in answers if not a.startswith("400")]
     assert len(accepted) == 1, answers
-    rejected = [a for a in answers if a.startswith("400")][0]
+    rejected = next(a for a in answers if a.startswith("400"))
     assert rejected in (
         "400: Cannot cancel run with status 'cancelling'.",
         "400: Cannot cancel run with status 'cancelled'.",
@@ -255,7 +255,7 @@ async def _async_cancel(server: Any, upstream: FakeUpstream) -> tuple[str, str]:
     async with client.beta.threads.runs.stream(thread_id=thread.id, assistant_id=asst.id) as stream:
         async for event in stream:
             if event.event == "thread.message.delta":
-                answer = await client.beta.threads.runs.cancel(stream.current_run.id, thread_id=thread.id)  # type: ignore[union-attr]
+                answer = await client.beta.threads.runs.cancel(stream.current_run.id, thread_id=thread.id)
                 break
         final = await stream.get_final_run()
     await client.close()

@@ -46,7 +46,7 @@ def run_code(client: openai.OpenAI, upstream: FakeUpstream, question: str, code:
     client.beta.threads.messages.create(thread_id, role="user", content=question)
     run = poll(client, thread_id, assistant_id=coder(client, **kw).id)
     steps = client.beta.threads.runs.steps.list(run.id, thread_id=thread_id, order="asc").data
-    calls = [c for s in steps if s.step_details.type == "tool_calls" for c in s.step_details.tool_calls]  # type: ignore[union-attr]
+    calls = [c for s in steps if s.step_details.type == "tool_calls" for c in s.step_details.tool_calls]
     return run, calls[0] if calls else None
 
 
@@ -156,12 +156,12 @@ def test_the_code_streams_as_input_deltas_then_its_outputs(client: openai.OpenAI
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "stream some code"}])
     with client.beta.threads.runs.stream(thread_id=thread.id, assistant_id=coder(client).id) as stream:
         events = list(stream)
-    deltas = [c.code_interpreter for e in events if e.event == "thread.run.step.delta"
+    deltas = [c.code_interpreter for e in events if e.event == "thread.run.step.delta"  # type: ignore[union-attr]
               for c in e.data.delta.step_details.tool_calls or []]  # type: ignore[union-attr]
-    assert "".join(d.input or "" for d in deltas) == code
-    assert len([d for d in deltas if d.input]) > 1  # it arrived in pieces
-    outputs = [o for d in deltas for o in d.outputs or []]
-    assert [o.type for o in outputs] == ["logs"] and outputs[0].logs == "line 0\nline 1\nline 2\n"
+    assert "".join(d.input or "" for d in deltas) == code  # type: ignore[union-attr]
+    assert len([d for d in deltas if d.input]) > 1  # type: ignore[union-attr]  # it arrived in pieces
+    outputs = [o for d in deltas for o in d.outputs or []]  # type: ignore[union-attr]
+    assert [o.type for o in outputs] == ["logs"] and outputs[0].logs == "line 0\nline 1\nline 2\n"  # type: ignore[union-attr]
     assert events[-1].event == "thread.run.completed"
 
 

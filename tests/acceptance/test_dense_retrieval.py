@@ -56,7 +56,7 @@ def test_dense_mode_ranks_by_meaning_and_honours_the_score_threshold(
     with srv.client() as client:
         store_id, ids = store_of(client, {"car.txt": CAR, "cat.txt": CAT})
         results = list(client.vector_stores.search(store_id, query="a feline on the windowsill"))
-        assert [r.file_id for r in results][0] == ids["cat.txt"]
+        assert results[0].file_id == ids["cat.txt"]
         top = results[0].score
         assert found_ids(client, store_id, "a feline on the windowsill",
                          ranking_options={"score_threshold": min(1.0, top + 0.01)}) == []

@@ -22,7 +22,7 @@ def test_acknowledged_writes_survive_kill_9(make_server: Any, upstream: FakeUpst
     client = server.client()
     assert client.beta.assistants.retrieve(asst.id).name == "durable"
     assert client.beta.threads.runs.retrieve(run.id, thread_id=thread.id).status == "completed"
-    texts = [m.content[0].text.value for m in client.beta.threads.messages.list(thread.id, order="asc")]  # type: ignore[union-attr]
+    texts = [m.content[0].text.value for m in client.beta.threads.messages.list(thread.id, order="asc")]
     assert texts[0] == "remember me" and len(texts) == 2
 
 

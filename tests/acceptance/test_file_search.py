@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import Any, Final
 
 import openai
 import pytest
+from openai.types.beta.threads.runs import FileSearchToolCall
 
 from tests.acceptance.test_vector_stores import upload, wait_ingested
 from tests.support.fake_upstream import FakeUpstream, Reply
@@ -18,7 +19,7 @@ COMET = b"A comet is an icy body that releases gas when passing close to the Sun
 SEARCH = Reply.tool_calls([("file_search", '{"query": "marsupial Rottnest Island"}')],
                           usage={"prompt_tokens": 10, "completion_tokens": 2})
 ANSWER = "The quokka lives on Rottnest Island 【0†quokka.txt】."
-CONTENT = "step_details.tool_calls[*].file_search.results[*].content"
+CONTENT: Final = "step_details.tool_calls[*].file_search.results[*].content"
 RESULTS = "Passages from the files"  # how the tool result the model reads begins
 
 
@@ -59,15 +60,16 @@ def test_file_search_is_answered_inside_the_run_and_cited(client: openai.OpenAI,
         assert step.status == "completed" and step.usage is not None
         assert_matches_schema(step, "RunStepObject")
     search_call = steps[0].step_details.tool_calls[0]  # type: ignore[union-attr]
-    assert search_call.type == "file_search" and search_call.id == call_id
+    assert isinstance(search_call, FileSearchToolCall) and search_call.id == call_id
     results = search_call.file_search.results
     assert results and results[0].file_id == ids[0] and results[0].file_name == "quokka.txt"
     assert 0 < results[0].score <= 1
     assert results[0].content is None  # the text only when include[] asks for it
+    assert search_call.file_search.ranking_options is not None
     assert search_call.file_search.ranking_options.ranker == "default_2024_08_21"
     included = client.beta.threads.runs.steps.retrieve(steps[0].id, thread_id=thread.id, run_id=run.id,
                                                        include=[CONTENT])
-    content = included.step_details.tool_calls[0].file_search.results[0].content  # type: ignore[union-attr]
+    content = included.step_details.tool_calls[0].file_search.results[0].content  # type: ignore[index, union-attr]
     assert content is not None and content[0].text == QUOKKA.decode().strip()
 
     message = client.beta.threads.messages.list(thread.id).data[0]
@@ -87,7 +89,7 @@ def test_file_search_steps_stream_as_events(client: openai.OpenAI, upstream: Fak
         events = list(stream)
     names = [e.event for e in events]
     assert "thread.run.requires_action" not in names and names[-1] == "thread.run.completed"
-    step_events = [(e.event, e.data.type) for e in events if e.event.startswith("thread.run.step.")
+    step_events = [(e.event, e.data.type) for e in events if e.event.startswith("thread.run.step.")  # type: ignore[union-attr]
                    and e.event != "thread.run.step.delta"]
     assert step_events == [
         ("thread.run.step.created", "tool_calls"), ("thread.run.step.in_progress", "tool_calls"),
@@ -96,9 +98,9 @@ def test_file_search_steps_stream_as_events(client: openai.OpenAI, upstream: Fak
         ("thread.run.step.completed", "message_creation"),
     ]
     completed = next(e.data for e in events if e.event == "thread.run.step.completed")
-    result = completed.step_details.tool_calls[0].file_search.results[0]  # type: ignore[union-attr]
+    result = completed.step_details.tool_calls[0].file_search.results[0]  # type: ignore[index, union-attr]
     assert result.file_id == ids[0] and result.content is None
-    assert not any(e.event == "thread.run.step.delta" and e.data.delta.step_details.tool_calls[0].type == "function"
+    assert not any(e.event == "thread.run.step.delta" and e.data.delta.step_details.tool_calls[0].type == "function"  # type: ignore[index, union-attr]
                    for e in events if e.event == "thread.run.step.delta")
     done = next(e.data for e in events if e.event == "thread.message.completed")
     assert done.content[0].text.annotations[0].file_citation.file_id == ids[0]  # type: ignore[union-attr]
@@ -187,7 +189,7 @@ def test_tool_choice_file_search_forces_only_the_first_search(client: openai.Ope
 
 def test_include_asks_for_the_results_text_in_streamed_steps_and_refuses_other_values(
         client: openai.OpenAI, upstream: FakeUpstream) -> None:
-    asst, ids = searchable_assistant(client)
+    asst, _ids = searchable_assistant(client)
     script(upstream, "include the text")
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "include the text"}])
     with pytest.raises(openai.BadRequestError) as refused:
@@ -196,5 +198,5 @@ def test_include_asks_for_the_results_text_in_streamed_steps_and_refuses_other_v
     with client.beta.threads.runs.stream(thread_id=thread.id, assistant_id=asst.id, include=[CONTENT]) as stream:
         events = list(stream)
     completed = next(e.data for e in events if e.event == "thread.run.step.completed")
-    content = completed.step_details.tool_calls[0].file_search.results[0].content  # type: ignore[union-attr]
+    content = completed.step_details.tool_calls[0].file_search.results[0].content  # type: ignore[index, union-attr]
     assert content is not None and content[0].text == QUOKKA.decode().strip()

@@ -167,7 +167,7 @@ def test_message_text_over_256000_characters_is_a_400(client: openai.OpenAI) -> 
 
 # ------------------------------------------------------------------ a small fuzz from the spec
 
-HOSTILE = [None, True, -1, 1e308, "", "x" * 300, [], [1], {}, {"a": [1]}, "\ud800", "a\x00b", [[[[]]]]]
+HOSTILE: list[Any] = [None, True, -1, 1e308, "", "x" * 300, [], [1], {}, {"a": [1]}, "\ud800", "a\x00b", [[[[]]]]]
 
 
 def _encoded(value: Any) -> str:
@@ -203,8 +203,8 @@ def test_hostile_values_for_every_body_field_never_get_a_5xx(conn: KeptAlive) ->
         if not path.startswith(("/assistants", "/threads", "/vector_stores")) or "post" not in operations:
             continue
         concrete = path
-        for name, value in ids.items():
-            concrete = concrete.replace("{" + name + "}", value)
+        for name, object_id in ids.items():
+            concrete = concrete.replace("{" + name + "}", object_id)
         for prop in _request_properties(operations["post"], spec):
             for value in HOSTILE:
                 status, data = conn.send("POST", concrete, json.dumps({prop: value}))

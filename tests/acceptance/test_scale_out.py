@@ -145,7 +145,7 @@ def test_run_streamed_on_one_api_process_executes_on_a_worker(make_cluster: Any,
     with client.beta.threads.runs.stream(thread_id=thread.id, assistant_id=asst.id) as stream:
         events = [e.event for e in stream]
         run = stream.get_final_run()
-        text = stream.get_final_messages()[0].content[0].text.value  # type: ignore[union-attr]
+        text = stream.get_final_messages()[0].content[0].text.value
     assert run.status == "completed" and text == "Answer from a worker process."
     assert events[:3] == ["thread.run.created", "thread.run.queued", "thread.run.in_progress"]
     assert events[-1] == "thread.run.completed"
@@ -157,7 +157,7 @@ def test_other_api_process_replays_a_runs_events_and_follows_it_live(make_cluste
     cluster = make_cluster()
     text = " ".join(f"w{i}" for i in range(40))
     upstream.on("follow me", Reply.text(text, chunk_delay=0.03))
-    client, asst, thread, run = _start_run(cluster, "follow me")
+    _client, _asst, thread, run = _start_run(cluster, "follow me")
     upstream.wait_for_requests(1)
     api = cluster.apis[1]
     with httpx.stream("GET", _events_url(api, thread.id, run.id), params={"after": "0"},
@@ -199,7 +199,7 @@ def test_a_stream_quiet_for_longer_than_its_poll_interval_loses_nothing(make_clu
     asst = assistant(client)
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "take your time"}])
     with client.beta.threads.runs.stream(thread_id=thread.id, assistant_id=asst.id) as stream:
-        deltas = [e.data.delta.content[0].text.value for e in stream  # type: ignore[union-attr]
+        deltas = [e.data.delta.content[0].text.value for e in stream
                   if e.event == "thread.message.delta"]
         final = stream.get_final_run()
     assert final.status == "completed" and deltas == ["slow", " reply"]
@@ -217,7 +217,7 @@ def test_tool_outputs_submitted_on_the_other_api_process_continue_the_run(make_c
         stream.until_done()
         run = stream.get_final_run()
     assert run.status == "requires_action"
-    call = run.required_action.submit_tool_outputs.tool_calls[0]  # type: ignore[union-attr]
+    call = run.required_action.submit_tool_outputs.tool_calls[0]
     with second.beta.threads.runs.submit_tool_outputs_stream(
         run_id=run.id, thread_id=thread.id, tool_outputs=[{"tool_call_id": call.id, "output": "cold"}]
     ) as stream:
@@ -226,7 +226,7 @@ def test_tool_outputs_submitted_on_the_other_api_process_continue_the_run(make_c
     assert final.status == "completed"
     assert events[-1] == "thread.run.completed" and "thread.message.delta" in events
     messages = first.beta.threads.messages.list(thread_id=thread.id, order="asc").data
-    assert messages[-1].content[0].text.value == "Oslo is cold."  # type: ignore[union-attr]
+    assert messages[-1].content[0].text.value == "Oslo is cold."
 
 
 # ---------------------------------------------------------------- cancel
@@ -246,7 +246,7 @@ def test_cancel_from_either_api_process_stops_the_workers_upstream_request(
         for event in stream:
             events.append(event.event)
             if event.event == "thread.message.delta" and events.count("thread.message.delta") == 5:
-                run_id = stream.current_run.id  # type: ignore[union-attr]
+                run_id = stream.current_run.id
                 answered = cluster.client(cancel_from).beta.threads.runs.cancel(run_id, thread_id=thread.id)
                 assert answered.status in ("cancelling", "cancelled")
         final = stream.get_final_run()
@@ -256,7 +256,7 @@ def test_cancel_from_either_api_process_stops_the_workers_upstream_request(
     message = client.beta.threads.messages.list(thread_id=thread.id).data[0]
     assert message.status == "incomplete"
     assert message.incomplete_details is not None and message.incomplete_details.reason == "run_cancelled"
-    assert message.content[0].text.value.startswith("tok tok")  # type: ignore[union-attr]
+    assert message.content[0].text.value.startswith("tok tok")
 
 
 # ---------------------------------------------------------------- workers that die or stop
@@ -288,7 +288,7 @@ def test_run_of_a_killed_worker_that_had_written_nothing_is_resumed_by_another(
 ) -> None:
     cluster = make_cluster()
     upstream.on("resume me", [Reply.hang(before_headers=True), Reply.text("resumed answer")])
-    client, asst, thread, run = _start_run(cluster, "resume me")
+    client, _asst, thread, run = _start_run(cluster, "resume me")
     upstream.wait_for_requests(1)
     victim = cluster.worker_of(run.id)
     victim.kill()
@@ -305,7 +305,7 @@ def test_sigterm_lets_a_worker_finish_its_run_before_it_exits(make_cluster: Any,
     cluster = make_cluster(workers=1)
     text = " ".join(f"t{i}" for i in range(40))
     upstream.on("finish me", Reply.text(text, chunk_delay=0.05))  # about 2 s
-    client, asst, thread, run = _start_run(cluster, "finish me")
+    client, _asst, thread, run = _start_run(cluster, "finish me")
     upstream.wait_for_requests(1)
     worker = cluster.workers[0]
     assert worker.stop(signal.SIGTERM, timeout=30) == 0
@@ -429,7 +429,7 @@ def test_cancel_still_stops_the_run_while_redis_is_down(
     redis_url, redis_proc = own_redis
     cluster = make_cluster(env={"ASSISTD_REDIS_URL": redis_url})
     upstream.on("no redis", Reply.text(" ".join(["r"] * 2000), chunk_delay=0.02))
-    client, asst, thread, run = _start_run(cluster, "no redis")
+    client, _asst, thread, run = _start_run(cluster, "no redis")
     wait_until(lambda: len(client.beta.threads.messages.list(thread_id=thread.id).data) == 2,
                what="the answer's message")
     redis_proc.kill()

@@ -47,7 +47,7 @@ class Recorder(AssistantEventHandler):
         super().__init__()
         self.events: list[str] = []
         self.images: list[str] = []
-        self.text_deltas: list[tuple[TextDelta, int]] = []  # (delta, length of the text after it)
+        self.deltas_seen: list[tuple[TextDelta, int]] = []  # (delta, length of the text after it)
         self.built: Message | None = None
         self.parts: list[tuple[int, str]] = []  # (index, type) of each content delta, in order
 
@@ -65,7 +65,7 @@ class Recorder(AssistantEventHandler):
         self.events.append("image_file_done")
 
     def on_text_delta(self, delta: TextDelta, snapshot: Text) -> None:
-        self.text_deltas.append((delta, len(snapshot.value)))
+        self.deltas_seen.append((delta, len(snapshot.value)))
 
 
 def stream(client: openai.OpenAI, thread_id: str, assistant_id: str) -> Recorder:
@@ -82,7 +82,7 @@ def assert_same_message(built: Message | None, retrieved: Message) -> None:
     for key in ("id", "thread_id", "role", "assistant_id", "run_id", "attachments", "metadata"):
         assert getattr(built, key) == getattr(retrieved, key), key
     assert len(built.content) == len(retrieved.content), (built.content, retrieved.content)
-    for got, want in zip(built.content, retrieved.content):
+    for got, want in zip(built.content, retrieved.content, strict=True):
         assert got.type == want.type
         if want.type == "image_file":
             assert got.image_file.file_id == want.image_file.file_id  # type: ignore[union-attr]
@@ -93,7 +93,7 @@ def assert_same_message(built: Message | None, retrieved: Message) -> None:
 
 
 def _annotation(annotation: Any) -> dict[str, Any]:
-    data = annotation.model_dump(exclude_none=True)
+    data: dict[str, Any] = annotation.model_dump(exclude_none=True)
     data.pop("index", None)  # the SDK keeps the delta's list index on what it built
     return data
 
@@ -101,7 +101,7 @@ def _annotation(annotation: Any) -> dict[str, Any]:
 def annotated_deltas(recorder: Recorder) -> list[tuple[Any, int, int]]:
     """(annotation, text length before its delta, after it) for each annotation sent."""
     found = []
-    for delta, after in recorder.text_deltas:
+    for delta, after in recorder.deltas_seen:
         before = after - len(delta.value or "")
         found += [(a, before, after) for a in delta.annotations or []]
     return found

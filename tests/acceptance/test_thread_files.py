@@ -41,7 +41,7 @@ def test_thread_vector_stores_helper_makes_a_store_that_runs_search(
     thread = client.beta.threads.create(
         messages=[{"role": "user", "content": "how old is the lighthouse"}],
         tool_resources={"file_search": {"vector_stores": [{"file_ids": [file_id], "metadata": {"from": "helper"}}]}})
-    [store_id] = thread.tool_resources.file_search.vector_store_ids  # type: ignore[union-attr]
+    [store_id] = thread.tool_resources.file_search.vector_store_ids  # type: ignore[misc, union-attr]
     store = client.vector_stores.retrieve(store_id)
     assert store.metadata == {"from": "helper"} and store.file_counts.total == 1
     assert store.expires_after is not None and store.expires_after.days == 7
@@ -56,7 +56,7 @@ def test_a_helper_store_beside_store_ids_or_two_helpers_are_refused(client: open
     for file_search in ({"vector_stores": [{"file_ids": [file_id]}, {"file_ids": [file_id]}]},
                         {"vector_stores": [{"file_ids": [file_id]}], "vector_store_ids": ["vs_abc"]}):
         with pytest.raises(openai.BadRequestError) as refused:
-            client.beta.threads.create(tool_resources={"file_search": file_search})  # type: ignore[typeddict-item]
+            client.beta.threads.create(tool_resources={"file_search": file_search})  # type: ignore[arg-type]
         assert refused.value.body["param"].startswith("tool_resources.file_search")  # type: ignore[index]
 
 
@@ -69,7 +69,7 @@ def test_an_attached_file_is_ingested_before_the_run_searches_it(
         thread = client.beta.threads.create()
         client.beta.threads.messages.create(thread.id, role="user", content="tell me about the lighthouse",
                                             attachments=[{"file_id": file_id, "tools": [{"type": "file_search"}]}])
-        [store_id] = client.beta.threads.retrieve(thread.id).tool_resources.file_search.vector_store_ids  # type: ignore[union-attr]
+        [store_id] = client.beta.threads.retrieve(thread.id).tool_resources.file_search.vector_store_ids  # type: ignore[misc, union-attr]
         assert client.vector_stores.retrieve(store_id).file_counts.in_progress == 1
         script(upstream, "tell me about the lighthouse")
         run = poll(client, thread.id, assistant_id=assistant(client, tools=[{"type": "file_search"}]).id)
@@ -98,6 +98,6 @@ def test_cancel_while_the_run_waits_for_ingestion_ends_it_cancelled_without_call
         client.beta.threads.runs.cancel(run.id, thread_id=run.thread_id)
         ended = wait_for_status(client, run.thread_id, run.id, {"cancelled", "completed", "failed"})
         assert ended.status == "cancelled"
-        [store_id] = client.beta.threads.retrieve(run.thread_id).tool_resources.file_search.vector_store_ids  # type: ignore[union-attr]
+        [store_id] = client.beta.threads.retrieve(run.thread_id).tool_resources.file_search.vector_store_ids  # type: ignore[misc, union-attr]
         assert client.vector_stores.retrieve(store_id).file_counts.in_progress == 1  # the wait was cut short
         assert upstream.requests == []  # the model was never asked

@@ -6,6 +6,7 @@ import json
 
 import openai
 import pytest
+from openai.types.beta.threads.run_submit_tool_outputs_params import ToolOutput
 
 from tests.support.fake_upstream import FakeUpstream, Reply
 from tests.support.flows import WEATHER_TOOL, assistant, poll
@@ -31,7 +32,8 @@ def test_parallel_tool_calls_require_action_then_continue_with_outputs(
     step = client.beta.threads.runs.steps.list(run.id, thread_id=thread.id).data[0]
     assert step.type == "tool_calls" and step.status == "in_progress"
 
-    outputs = [{"tool_call_id": calls[0].id, "output": "sunny"}, {"tool_call_id": calls[1].id, "output": "rain"}]
+    outputs: list[ToolOutput] = [{"tool_call_id": calls[0].id, "output": "sunny"},
+                                 {"tool_call_id": calls[1].id, "output": "rain"}]
     done = client.beta.threads.runs.submit_tool_outputs_and_poll(
         run_id=run.id, thread_id=thread.id, tool_outputs=outputs, poll_interval_ms=20
     )
@@ -57,7 +59,9 @@ def test_tool_outputs_must_cover_every_pending_call(client: openai.OpenAI, upstr
     thread = client.beta.threads.create(messages=[{"role": "user", "content": "two calls"}])
     run = poll(client, thread.id, assistant_id=asst.id)
     calls = run.required_action.submit_tool_outputs.tool_calls  # type: ignore[union-attr]
-    for outputs in ([{"tool_call_id": calls[0].id, "output": "x"}], [{"tool_call_id": "call_other", "output": "x"}]):
+    refused: list[list[ToolOutput]] = [[{"tool_call_id": calls[0].id, "output": "x"}],
+                                       [{"tool_call_id": "call_other", "output": "x"}]]
+    for outputs in refused:
         with pytest.raises(openai.BadRequestError) as caught:
             client.beta.threads.runs.submit_tool_outputs(run.id, thread_id=thread.id, tool_outputs=outputs)
         assert caught.value.body["type"] == "invalid_request_error"  # type: ignore[index]

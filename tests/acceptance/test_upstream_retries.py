@@ -4,7 +4,8 @@ never. When retries run out, last_error names the upstream host and its answer."
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import openai

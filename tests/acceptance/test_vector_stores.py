@@ -50,7 +50,9 @@ def found_ids(client: openai.OpenAI, vector_store_id: str, query: str | list[str
 
 
 def chunks(client: openai.OpenAI, vector_store_id: str, file_id: str) -> list[str]:
-    return [part.text for part in client.vector_stores.files.content(file_id, vector_store_id=vector_store_id)]
+    texts = [part.text for part in client.vector_stores.files.content(file_id, vector_store_id=vector_store_id)]
+    assert None not in texts, texts
+    return [text for text in texts if text is not None]
 
 
 def test_store_ingests_its_files_and_search_finds_the_distinctive_one_first(
@@ -108,9 +110,8 @@ def test_unsupported_and_unreadable_files_fail_while_the_others_complete(client:
 
     errors = {f.id: f.last_error for f in client.vector_stores.files.list(store.id, filter="failed")}
     assert set(errors) == {binary, garbled, broken}
-    assert errors[binary] is not None and errors[binary].code == "unsupported_file"
-    assert errors[garbled] is not None and errors[garbled].code == "invalid_file"
-    assert errors[broken] is not None and errors[broken].code == "invalid_file"
+    codes = {file_id: error.code if error is not None else None for file_id, error in errors.items()}
+    assert codes == {binary: "unsupported_file", garbled: "invalid_file", broken: "invalid_file"}
     failed = client.vector_stores.files.retrieve(binary, vector_store_id=store.id)
     assert failed.status == "failed" and failed.last_error is not None and failed.last_error.message
     assert_matches_schema(failed, "VectorStoreFileObject")
@@ -224,7 +225,7 @@ def minimal_docx(paragraphs: list[str], cells: list[str]) -> bytes:
     for text in paragraphs:
         document.add_paragraph(text)
     table = document.add_table(rows=1, cols=len(cells))
-    for cell, text in zip(table.rows[0].cells, cells):
+    for cell, text in zip(table.rows[0].cells, cells, strict=True):
         cell.text = text
     buffer = io.BytesIO()
     document.save(buffer)

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import struct
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import openai
@@ -73,13 +74,13 @@ def test_a_file_that_is_not_an_image_is_refused_when_the_message_is_created(
     part = [{"type": "image_file", "image_file": {"file_id": text_file}}]
     thread = client.beta.threads.create()
     asst = assistant(client)
-    attempts = [
+    attempts: list[Callable[[], object]] = [
         lambda: client.beta.threads.messages.create(thread.id, role="user", content=part),  # type: ignore[arg-type]
-        lambda: client.beta.threads.create(messages=[{"role": "user", "content": part}]),  # type: ignore[list-item]
+        lambda: client.beta.threads.create(messages=[{"role": "user", "content": part}]),  # type: ignore[typeddict-item]
         lambda: client.beta.threads.runs.create(thread_id=thread.id, assistant_id=asst.id,
-                                                additional_messages=[{"role": "user", "content": part}]),  # type: ignore[list-item]
-        lambda: client.beta.threads.create_and_run(assistant_id=asst.id, thread={
-            "messages": [{"role": "user", "content": part}]}),  # type: ignore[list-item]
+                                                additional_messages=[{"role": "user", "content": part}]),  # type: ignore[typeddict-item]
+        lambda: client.beta.threads.create_and_run(assistant_id=asst.id, thread={  # type: ignore[call-overload]
+            "messages": [{"role": "user", "content": part}]}),
     ]
     for attempt in attempts:
         with pytest.raises(openai.BadRequestError) as caught:

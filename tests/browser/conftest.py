@@ -22,28 +22,35 @@ from tests.support.server import AssistdServer
 CHROMIUM = os.environ.get("ASSISTD_TEST_CHROMIUM", "/usr/bin/chromium")
 
 try:
-    from playwright.sync_api import Browser, Page, sync_playwright
-except ImportError:  # pragma: no cover - the test extra installs it
-    sync_playwright = None
+    from playwright.sync_api import Browser, Page, expect, sync_playwright
 
-PROBLEM = ("the playwright package is not installed" if sync_playwright is None
+    # the same patience for assertions as for actions (the page's default timeout, below): on a
+    # loaded machine, or with the suite's parallel workers, a streamed render can take over 5 s
+    expect.set_options(timeout=15_000)
+    HAVE_PLAYWRIGHT = True
+except ImportError:  # pragma: no cover - the test extra installs it
+    HAVE_PLAYWRIGHT = False
+
+PROBLEM = ("the playwright package is not installed" if not HAVE_PLAYWRIGHT
            else None if os.access(CHROMIUM, os.X_OK) else f"no chromium at {CHROMIUM}")
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the group marks
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    if PROBLEM is None:
-        return
     here = Path(__file__).parent
     for item in items:
         if here in Path(str(item.path)).parents:
-            item.add_marker(pytest.mark.skip(reason=f"no browser: {PROBLEM}"))
+            # one xdist worker runs them all, one after the other, so the browser starts once
+            item.add_marker(pytest.mark.xdist_group("browser"))
+            if PROBLEM is not None:
+                item.add_marker(pytest.mark.skip(reason=f"no browser: {PROBLEM}"))
 
 
 # Per module, not per session: Playwright's sync API leaves its event loop marked as running in
 # this thread while it is open, and any later test calling asyncio.run() would then fail.
 @pytest.fixture(scope="module")
 def browser() -> Iterator[Browser]:
-    assert sync_playwright is not None
+    assert HAVE_PLAYWRIGHT
     with sync_playwright() as pw:
         # --no-sandbox: CI runs as root, where chromium's own sandbox refuses to start.
         launched = pw.chromium.launch(executable_path=CHROMIUM, args=["--no-sandbox"])

@@ -117,7 +117,7 @@ def test_a_function_call_answered_by_hand_completes_the_run(
         page: Page, console: AssistdServer, client: openai.OpenAI, upstream: FakeUpstream) -> None:
     assistant_id = create_assistant_in_page(page, console, "Forecaster", function=True)
     [tool] = client.beta.assistants.retrieve(assistant_id).tools
-    assert tool.type == "function" and tool.function.name == "get_weather"  # type: ignore[union-attr]
+    assert tool.type == "function" and tool.function.name == "get_weather"
     upstream.on("weather in Paris", Reply.tool_calls([("get_weather", '{"city": "Paris"}')]))
     upstream.enqueue(Reply.text("It is sunny in Paris."))
     chat(page, console, assistant_id, "weather in Paris")

@@ -137,8 +137,8 @@ def embed_text(text: str) -> list[float]:
     """A bag-of-words vector: each word (after SYNONYMS) adds 1 at a position fixed by its hash."""
     vector = [0.0] * EMBEDDING_DIMS
     for word in re.findall(r"[a-z0-9]+", text.lower()):
-        word = SYNONYMS.get(word, word)
-        vector[int(hashlib.sha256(word.encode()).hexdigest(), 16) % EMBEDDING_DIMS] += 1.0
+        canonical = SYNONYMS.get(word, word)
+        vector[int(hashlib.sha256(canonical.encode()).hexdigest(), 16) % EMBEDDING_DIMS] += 1.0
     return vector
 
 
@@ -438,7 +438,7 @@ class FakeUpstream:
             self._handlers.discard(task)
             writer.close()
 
-    async def _route(self, method: str, target: str, headers: dict[str, str], body: bytes,
+    async def _route(self, method: str, target: str, headers: dict[str, str], body: bytes,  # noqa: PLR0911 - a router
                      reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         url = urlsplit(target)
         path = url.path.rstrip("/")
@@ -645,7 +645,7 @@ def _completion(body: Obj, reply: Reply) -> Obj:
     message: Obj = {"role": "assistant", "content": "".join(reply.chunks) or None, "refusal": None}
     if reply.calls:
         message["tool_calls"] = [{"id": call_id, "type": "function", "function": {"name": name, "arguments": args}}
-                                 for (_, call_id, name, _), (_, args) in zip(_tool_pieces(reply.calls), reply.calls)]
+                                 for (_, call_id, name, _), (_, args) in zip(_tool_pieces(reply.calls), reply.calls, strict=True)]
     return {"id": "chatcmpl-" + secrets.token_hex(12), "object": "chat.completion", "created": int(time.time()),
             "model": body.get("model") or "fake-model", "system_fingerprint": "fp_fake",
             "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reply.finish_reason}],

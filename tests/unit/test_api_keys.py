@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import hmac
+from collections.abc import MutableMapping
 from typing import Any
 
 import pytest
@@ -17,12 +18,12 @@ async def _app(scope: Any, receive: Any, send: Any) -> None:
 
 
 def _status(middleware: ApiKeyMiddleware, key: str) -> int:
-    sent: list[dict[str, Any]] = []
+    sent: list[MutableMapping[str, Any]] = []
 
     async def receive() -> dict[str, Any]:
         return {"type": "http.request", "body": b""}
 
-    async def send(message: dict[str, Any]) -> None:
+    async def send(message: MutableMapping[str, Any]) -> None:
         sent.append(message)
 
     scope = {"type": "http", "method": "GET", "path": "/v1/assistants", "query_string": b"",

@@ -5,9 +5,8 @@ only when this host cannot sandbox."""
 from __future__ import annotations
 
 import ast
-import contextlib
-
 import asyncio
+import contextlib
 import os
 import shutil
 import tempfile

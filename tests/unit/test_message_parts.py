@@ -22,7 +22,7 @@ def steps_with(search_results: list[Obj] | None = None, written: str = "") -> li
 def feed_all(text: StreamedText, pieces: list[str]) -> list[list[Obj]]:
     sent = [(text.feed(p) or {"text": {"annotations": []}})["text"]["annotations"] for p in pieces]
     final = text.feed("", final=True)
-    return sent + [final["text"]["annotations"] if final else []]
+    return [*sent, final["text"]["annotations"] if final else []]
 
 
 def test_a_path_is_annotated_when_a_later_piece_ends_it_and_never_twice() -> None:
@@ -73,7 +73,7 @@ def test_however_the_text_is_cut_the_annotations_are_those_of_the_whole_text() -
                        key=lambda a: a["start_index"])
         for _ in range(200):
             cuts = sorted(rng.sample(range(1, len(text)), rng.randint(0, min(12, len(text) - 1))))
-            pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+            pieces = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)], strict=True)]
             streamed = StreamedText(steps, 0)
             sent = [a for batch in feed_all(streamed, pieces) for a in batch]
             assert [a["index"] for a in sent] == list(range(len(sent)))

@@ -18,13 +18,13 @@ S = RunStatus
 
 
 def test_terminal_statuses_have_no_way_out() -> None:
-    assert TERMINAL == {S.CANCELLED, S.FAILED, S.COMPLETED, S.INCOMPLETE, S.EXPIRED}
+    assert {S.CANCELLED, S.FAILED, S.COMPLETED, S.INCOMPLETE, S.EXPIRED} == TERMINAL
     for status in TERMINAL:
         assert not TRANSITIONS[status]
 
 
 def test_active_statuses_are_the_ones_that_lock_a_thread() -> None:
-    assert ACTIVE == {S.QUEUED, S.IN_PROGRESS, S.REQUIRES_ACTION, S.CANCELLING}
+    assert {S.QUEUED, S.IN_PROGRESS, S.REQUIRES_ACTION, S.CANCELLING} == ACTIVE
 
 
 def test_only_an_in_progress_run_can_complete_or_go_incomplete() -> None:
@@ -39,7 +39,7 @@ def test_a_cancelling_run_can_only_become_cancelled() -> None:
 
 
 def test_cancel_goes_through_cancelling_only_while_a_turn_runs() -> None:
-    assert CANCELLABLE == {S.QUEUED, S.IN_PROGRESS, S.REQUIRES_ACTION}
+    assert {S.QUEUED, S.IN_PROGRESS, S.REQUIRES_ACTION} == CANCELLABLE
     assert cancel_target(S.IN_PROGRESS) is S.CANCELLING
     assert cancel_target(S.QUEUED) is S.CANCELLED
     assert cancel_target(S.REQUIRES_ACTION) is S.CANCELLED
@@ -52,7 +52,7 @@ def test_tool_outputs_requeue_a_waiting_run() -> None:
 
 
 def test_streams_stop_where_the_client_must_act_or_the_run_ended() -> None:
-    assert STREAM_STOPS == TERMINAL | {S.REQUIRES_ACTION}
+    assert TERMINAL | {S.REQUIRES_ACTION} == STREAM_STOPS
 
 
 def test_a_worker_can_hand_back_a_running_run_but_not_a_cancelling_one() -> None:

@@ -52,6 +52,7 @@ def test_a_stored_traceparent_parents_the_run_turn_and_its_upstream_call(spans: 
     assert {turn.context.trace_id, chat.context.trace_id, search.context.trace_id} == {trace_id}
     assert turn.parent is not None and turn.parent.span_id == request.get_span_context().span_id
     assert chat.parent is not None and chat.parent.span_id == turn.context.span_id
+    assert chat.attributes is not None
     assert chat.attributes["gen_ai.usage.input_tokens"] == 7
     assert chat.attributes["gen_ai.usage.output_tokens"] == 3
 

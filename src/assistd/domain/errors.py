@@ -1,41 +1,35 @@
-"""Errors as OpenAI reports them: a status code and the `{"error": {...}}` envelope."""
+"""The errors assistd raises below its HTTP layer, in OpenAI's terms: a message for the client,
+the parameter at fault and a code. http/errors.py answers each kind with OpenAI's status code
+and `{"error": {...}}` envelope; nothing here knows about HTTP."""
 
 from __future__ import annotations
 
-from typing import Any
 
+class AssistdError(Exception):
+    """A request refused, or one the server cannot serve; `message` is the client's to read."""
 
-class ApiError(Exception):
-    def __init__(
-        self,
-        status: int,
-        message: str,
-        *,
-        type: str = "invalid_request_error",
-        param: str | None = None,
-        code: str | None = None,
-    ) -> None:
+    def __init__(self, message: str, param: str | None = None, code: str | None = None) -> None:
         super().__init__(message)
-        self.status = status
         self.message = message
-        self.type = type
         self.param = param
         self.code = code
 
-    def body(self) -> dict[str, Any]:
-        return {
-            "error": {
-                "message": self.message,
-                "type": self.type,
-                "param": self.param,
-                "code": self.code,
-            }
-        }
+
+class InvalidRequest(AssistdError):
+    """Bad input, or an object whose state does not allow the request."""
 
 
-def invalid(message: str, param: str | None = None, code: str | None = None) -> ApiError:
-    return ApiError(400, message, param=param, code=code)
+class NotFound(AssistdError):
+    """No such object (or none where the request looked for it)."""
 
 
-def not_found(kind: str, object_id: str) -> ApiError:
-    return ApiError(404, f"No {kind} found with id '{object_id}'.", code=None)
+class StorageFull(AssistdError):
+    """The data disk is full: nothing more can be stored until space is freed."""
+
+
+def invalid(message: str, param: str | None = None, code: str | None = None) -> InvalidRequest:
+    return InvalidRequest(message, param, code)
+
+
+def not_found(kind: str, object_id: str) -> NotFound:
+    return NotFound(f"No {kind} found with id '{object_id}'.")

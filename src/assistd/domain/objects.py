@@ -218,15 +218,6 @@ def new_step(run: Obj, step_type: str, details: Obj) -> Obj:
     }
 
 
-def usage_sum(a: Obj | None, b: Obj | None) -> Obj | None:
-    if a is None:
-        return b
-    if b is None:
-        return a
-    keys = ("prompt_tokens", "completion_tokens", "total_tokens")
-    return {k: int(a.get(k) or 0) + int(b.get(k) or 0) for k in keys}
-
-
 # ---------------------------------------------------------------- files
 
 BATCH_FILE_SECONDS = 30 * 24 * 3600  # OpenAI's default lifetime of a `batch` file

@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from assistd.domain import objects as o
-from assistd.domain.errors import ApiError, invalid
+from assistd.domain.errors import NotFound, invalid
 from assistd.storage.store import Store
 from assistd.storage.vector_stores import VectorStoreStore
 
@@ -36,7 +36,7 @@ async def tool_resource_ids(store: Store, run: Obj, tool: str, field: str) -> li
     for load, object_id in ((store.get_assistant, run["assistant_id"]), (store.get_thread, run["thread_id"])):
         try:
             owner = await load(object_id)
-        except ApiError:
+        except NotFound:
             continue
         for value in ((owner.get("tool_resources") or {}).get(tool) or {}).get(field) or []:
             ids.setdefault(value, None)

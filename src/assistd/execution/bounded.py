@@ -50,7 +50,7 @@ async def extract_chunks(filename: str, path: str, strategy: dict[str, Any], lim
     try:
         try:
             output = await asyncio.wait_for(_talk(child, json.dumps(request).encode(), limits), limits.seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise time_error(limits) from None
         return await asyncio.to_thread(_chunks, output, child.returncode, limits)
     finally:

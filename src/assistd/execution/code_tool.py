@@ -23,7 +23,7 @@ from typing import Any
 
 from assistd.config import Settings
 from assistd.domain import objects as o
-from assistd.domain.errors import ApiError
+from assistd.domain.errors import NotFound
 from assistd.execution.attachments import tool_resource_ids
 from assistd.storage.files import FileStore
 from assistd.storage.store import Store
@@ -197,7 +197,7 @@ async def input_files(files: FileStore, file_ids: list[str]) -> list[tuple[str, 
     for file_id in file_ids:
         try:
             row = await files.get(file_id)
-        except ApiError:
+        except NotFound:
             continue
         found.append((str(row["filename"]), files.path(file_id)))
     return found
@@ -216,14 +216,14 @@ async def store_file(files: FileStore, path: Path) -> Obj:
     blob = files.blob(o.new_file_id())
     await blob.open()
     try:
-        with open(path, "rb") as source:
+        with open(path, "rb") as source:  # noqa: ASYNC230 - opening is instant; the reads go to a thread
             while piece := await asyncio.to_thread(source.read, COPY_PIECE):
                 blob.add(piece)
                 await blob.flush()
     except BaseException:
         blob.discard()
         raise
-    return await files.add(file_row(blob.file_id, path.name, blob.size), blob)
+    return await files.add(o.new_file_row(blob.file_id, path.name, OUTPUT_PURPOSE, blob.size, None), blob)
 
 
 # ---------------------------------------------------------------- the call's record
@@ -301,7 +301,3 @@ def image_parts(steps: list[Obj]) -> list[Obj]:
             since = steps[position + 1:]
     return [{"type": "image_file", "image_file": {"file_id": out["image"]["file_id"]}}
             for call in o.tool_calls_of(since, NAME) for out in call[NAME]["outputs"] if out["type"] == "image"]
-
-
-def file_row(file_id: str, name: str, size: int) -> Obj:
-    return o.new_file_row(file_id, name, OUTPUT_PURPOSE, size, None)

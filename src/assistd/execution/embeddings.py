@@ -36,7 +36,8 @@ def unit_rows(matrix: np.ndarray) -> np.ndarray:
     if matrix.ndim != 2:
         raise EmbeddingError(f"The embeddings model returned vectors of shape {matrix.shape}.")
     norms = np.linalg.norm(matrix, axis=1, keepdims=True)
-    return np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+    scaled: np.ndarray = np.divide(matrix, norms, out=np.zeros_like(matrix), where=norms > 0)
+    return scaled
 
 
 class UpstreamEmbedder:

@@ -27,8 +27,8 @@ from assistd.execution.runtime import Runtime
 from assistd.execution.settle import Settled, run_usage, settle, settle_in
 from assistd.execution.sweeper import hand_back
 from assistd.execution.upstream import UpstreamError
-from assistd.storage.db import DatabaseUnavailable
 from assistd.observability import runs as observed
+from assistd.storage.db import DatabaseUnavailable
 from assistd.storage.files import FileStore
 
 log = logging.getLogger("assistd.executor")
@@ -393,7 +393,7 @@ class RunTurn:
         return {"prompt_tokens": self.prompt_estimate, "completion_tokens": completion,
                 "total_tokens": self.prompt_estimate + completion}
 
-    async def _finish(self, used: Obj) -> bool:
+    async def _finish(self, used: Obj) -> bool:  # noqa: C901 - to be split with the run lifecycle (issue 11)
         if self.message is None and not self.calls:
             await self._open_message()
         usage = self._turn_usage()
@@ -516,7 +516,7 @@ class RunTurn:
         if self.stop_reason == StopReason.EXPIRE:
             await self._end(RunStatus.EXPIRED, only_from=(RunStatus.IN_PROGRESS.value,))
             return
-        if self.stop_reason == StopReason.SHUTDOWN and not self.wrote_anything:
+        if self.stop_reason == StopReason.SHUTDOWN and not self.wrote_anything:  # noqa: SIM102 - hand_back is a write, tried only here
             if await hand_back(self.rt, self.run_id):
                 return
         if self.stop_reason == StopReason.SHUTDOWN:

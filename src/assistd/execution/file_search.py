@@ -15,7 +15,7 @@ import time
 from typing import Any
 
 from assistd.domain import objects as o
-from assistd.domain.errors import ApiError
+from assistd.domain.errors import InvalidRequest, NotFound
 from assistd.execution.attachments import tool_resource_ids
 from assistd.execution.retrieval import Retriever
 from assistd.storage.db import expand_in
@@ -124,7 +124,7 @@ async def search(retriever: Retriever, run: Obj, store_ids: list[str], call: Obj
     for vs_id in store_ids:
         try:
             rows += await retriever.search(vs_id, [query], limit, ranking["score_threshold"])
-        except ApiError:  # the store was deleted or has expired: nothing to find there
+        except (NotFound, InvalidRequest):  # the store was deleted or has expired: nothing to find there
             continue
     rows.sort(key=lambda r: -r["score"])
     results = [{"file_id": r["file_id"], "file_name": r["filename"], "score": r["score"],

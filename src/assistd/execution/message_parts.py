@@ -71,9 +71,8 @@ def _undecided_from(window: str) -> int:
     opened = window.find("【", window.rfind("】") + 1)
     if opened != -1:
         candidates.append(opened)
-    last_path = None
-    for last_path in code_tool.PATH_MENTION.finditer(window):
-        pass
+    paths = list(code_tool.PATH_MENTION.finditer(window))
+    last_path = paths[-1] if paths else None
     if last_path is not None and last_path.end() == len(window):
         candidates.append(last_path.start())
     prefix = window.rfind(PATH_PREFIX)

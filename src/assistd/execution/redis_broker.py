@@ -22,6 +22,9 @@ from assistd.execution.broker import Event, Subscription, serialize
 
 log = logging.getLogger("assistd.events")
 MAX_EVENTS = 100_000
+# A stream entry: its id and fields. str, not bytes: the client decodes responses (redis-py's
+# return types don't follow decode_responses=True, hence the ignores where one is read).
+Entry = tuple[str, dict[str, str]]
 MAX_OUTBOX = 100_000  # events held while Redis is unreachable; streams fall back to the database
 READ_BATCH = 500
 STOP_EVENTS = frozenset(f"thread.run.{status.value}" for status in STREAM_STOPS)
@@ -49,8 +52,8 @@ class RedisSubscription:
 
     async def _read(self, timeout: float) -> None:
         try:
-            answer = await self.redis.xread({self.key: self.last}, count=READ_BATCH,
-                                            block=max(1, int(timeout * 1000)))
+            answer: list[tuple[str, list[Entry]]] | None = await self.redis.xread(  # type: ignore[assignment]
+                {self.key: self.last}, count=READ_BATCH, block=max(1, int(timeout * 1000)))
         except RedisError as exc:  # the caller re-reads the run's state meanwhile
             log.warning("reading events of %s failed: %s", self.run_id, exc)
             await asyncio.sleep(min(timeout, RETRY_SECONDS))
@@ -128,7 +131,7 @@ class RedisBroker:
     async def subscribe(self, run_id: str, after: str | None = None) -> Subscription:
         if after is None:  # from now: after the newest event the run's stream holds
             try:
-                newest = await self.redis.xrevrange(stream_key(run_id), count=1)
+                newest: list[Entry] = await self.redis.xrevrange(stream_key(run_id), count=1)  # type: ignore[assignment]
             except RedisError as exc:
                 log.warning("Redis unreachable (%s): the stream of %s follows the database", exc, run_id)
                 return UnheardSubscription(run_id)

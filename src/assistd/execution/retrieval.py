@@ -25,7 +25,6 @@ from assistd.storage.vector_stores import VectorStoreStore
 Obj = dict[str, Any]
 RRF_K = 60
 CANDIDATES = 50  # per list, before fusion
-MODES = ("hybrid", "lexical", "dense")
 
 log = logging.getLogger("assistd.retrieval")
 

@@ -104,11 +104,11 @@ class PostgresSignals(LocalSignals):
         await conn.add_listener(CANCEL_CHANNEL, self._on_notify)
         self._conn = conn
 
-    def _on_notify(self, conn: Any, pid: int, channel: str, payload: str) -> None:
+    def _on_notify(self, conn: Any, pid: int, channel: str, payload: object) -> None:
         if channel == QUEUED_CHANNEL:
             self.queued.set()
         elif channel == CANCEL_CHANNEL:
-            self._cancelled(payload)
+            self._cancelled(str(payload))
 
     async def _keep_listening(self) -> None:
         while True:

@@ -13,7 +13,7 @@ import base64
 from pathlib import Path
 from typing import Any
 
-from assistd.domain.errors import ApiError, invalid
+from assistd.domain.errors import NotFound, invalid
 from assistd.execution.runtime import Runtime
 from assistd.storage.files import FileStore
 
@@ -43,7 +43,7 @@ def image_file_ids(message: Obj) -> list[str]:
 
 
 async def check_images(rt: Runtime, messages: list[Obj]) -> None:
-    """Refuse (400) a message whose `image_file` parts don't name an image a model may see."""
+    """Refuse (InvalidRequest) a message whose `image_file` parts don't name an image a model may see."""
     files = FileStore(rt.store.db, rt.settings.files_dir)
     for message in messages:
         for file_id in image_file_ids(message):
@@ -53,7 +53,7 @@ async def check_images(rt: Runtime, messages: list[Obj]) -> None:
 async def _check_image(files: FileStore, file_id: str) -> None:
     try:
         row = await files.get(file_id)
-    except ApiError:
+    except NotFound:
         raise invalid(f"Invalid 'content': no file found with id '{file_id}'.", "content") from None
     if row["purpose"] not in PURPOSES:
         raise invalid(f"Invalid 'content': file '{file_id}' has purpose '{row['purpose']}'; an image_file "

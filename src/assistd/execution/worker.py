@@ -40,7 +40,7 @@ class Worker:
         self.id = worker_id()
         self.concurrency = max(1, rt.settings.worker_concurrency)
         self.turns: dict[str, tuple[RunTurn, asyncio.Task[None]]] = {}
-        self.sweeper = Sweeper(rt, owned=lambda: self.turns.keys())
+        self.sweeper = Sweeper(rt, owned=lambda: self.turns.keys())  # noqa: PLW0108 - whatever self.turns is then
         self.ingester = Ingester(rt, self.id)  # vector store files, next to the runs
         self._loops: list[asyncio.Task[None]] = []
         self._stopping = False

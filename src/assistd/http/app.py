@@ -14,24 +14,22 @@ from starlette.middleware import Middleware
 from starlette.routing import Mount
 
 from assistd.config import Settings
-from assistd.domain.errors import ApiError
+from assistd.domain.errors import AssistdError
 from assistd.execution.runtime import close_runtime, open_runtime
 from assistd.execution.sweeper import Sweeper
 from assistd.execution.worker import Worker
 from assistd.http import assistants, files, model_list, ops, runs, threads, vector_stores
 from assistd.http.auth import ApiKeyMiddleware
 from assistd.http.edge import EdgeMiddleware
-from assistd.http.observe import ObserveMiddleware
 from assistd.http.errors import (
     api_error_handler,
-    cursor_handler,
     database_unavailable_handler,
     http_error_handler,
     unexpected_handler,
     validation_handler,
 )
+from assistd.http.observe import ObserveMiddleware
 from assistd.storage.db import DatabaseUnavailable
-from assistd.storage.pages import UnknownCursor
 from assistd.ui.serve import ConsoleMiddleware
 
 log = logging.getLogger("assistd")
@@ -76,9 +74,8 @@ def create_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
                     Middleware(ConsoleMiddleware),
                     Middleware(ApiKeyMiddleware, keys=settings.api_keys)],
         exception_handlers={
-            ApiError: api_error_handler,
+            AssistdError: api_error_handler,  # the domain's errors, and HTTP's own (ApiError)
             ValidationError: validation_handler,
-            UnknownCursor: cursor_handler,
             HTTPException: http_error_handler,
             # answered without closing the connection, as the catch-all below does (a full disk: 507)
             OSError: unexpected_handler,

@@ -6,8 +6,7 @@ import hmac
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from assistd.domain.errors import ApiError
-from assistd.http.errors import error_response
+from assistd.http.errors import ApiError, error_response
 
 OPEN_PATHS = frozenset({"/healthz", "/readyz"})  # /metrics asks for a key, as /v1 does
 

@@ -21,9 +21,8 @@ from urllib.parse import urlsplit
 from starlette.requests import ClientDisconnect, Request
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from assistd.domain.errors import ApiError
 from assistd.http import errors
-from assistd.http.errors import error_response
+from assistd.http.errors import ApiError, error_response
 
 CLIENT_GONE = "assistd.client_gone"  # scope key: the client left before its request was whole
 log = logging.getLogger("assistd.http")

@@ -1,26 +1,70 @@
-"""Every error leaves as OpenAI's envelope, with OpenAI's status codes — never a framework's."""
+"""Every error leaves as OpenAI's envelope, with OpenAI's status codes — never a framework's.
+
+The layers below raise domain errors (domain/errors.py); their status codes are given here, in
+one table. ApiError is for what only HTTP has words for: keys, body size, content type, 5xx."""
 
 from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from assistd.domain.errors import ApiError, invalid
+from assistd.domain.errors import AssistdError, InvalidRequest, NotFound, StorageFull, invalid
 from assistd.http.json_checks import check_json
 from assistd.storage.db import DatabaseUnavailable
-from assistd.storage.pages import UnknownCursor
 from assistd.storage.space import disk_full_error, is_disk_full
 
 log = logging.getLogger("assistd.http")
 
 
-def error_response(error: ApiError) -> Response:
-    return JSONResponse(error.body(), status_code=error.status)
+class ApiError(AssistdError):
+    """An error with its own status code and type, for what only the HTTP layer knows about."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        *,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message, param, code)
+        self.status = status
+        self.type = type
+
+
+# status and type of each domain error. 507 Insufficient Storage, not 503: waiting won't help
+# a full disk until someone frees space (which DELETE /v1/files/{id} still can).
+STATUS: dict[type[AssistdError], tuple[int, str]] = {
+    InvalidRequest: (400, "invalid_request_error"),
+    NotFound: (404, "invalid_request_error"),
+    StorageFull: (507, "server_error"),
+}
+
+
+def status_of(error: AssistdError) -> tuple[int, str]:
+    """The status code and error type OpenAI would answer `error` with."""
+    if isinstance(error, ApiError):
+        return error.status, error.type
+    for kind in type(error).__mro__:
+        if kind in STATUS:
+            return STATUS[kind]
+    return 500, "server_error"
+
+
+def error_body(error: AssistdError) -> dict[str, Any]:
+    return {"error": {"message": error.message, "type": status_of(error)[1], "param": error.param,
+                      "code": error.code}}
+
+
+def error_response(error: AssistdError) -> Response:
+    return JSONResponse(error_body(error), status_code=status_of(error)[0])
 
 
 def _param(loc: tuple[int | str, ...]) -> str:
@@ -38,7 +82,7 @@ def _json_kind(value: object) -> str:
     return "null" if value is None else names.get(type(value), "a value")
 
 
-def from_validation(exc: ValidationError) -> ApiError:
+def from_validation(exc: ValidationError) -> InvalidRequest:
     """The first problem pydantic found, worded like OpenAI's validation errors."""
     first = exc.errors(include_url=False)[0]
     param = _param(tuple(first["loc"])) or None
@@ -55,18 +99,13 @@ def from_validation(exc: ValidationError) -> ApiError:
 
 
 async def api_error_handler(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ApiError)
+    assert isinstance(exc, AssistdError)
     return error_response(exc)
 
 
 async def validation_handler(_: Request, exc: Exception) -> Response:
     assert isinstance(exc, ValidationError)
     return error_response(from_validation(exc))
-
-
-async def cursor_handler(_: Request, exc: Exception) -> Response:
-    assert isinstance(exc, UnknownCursor)
-    return error_response(invalid(str(exc), exc.param))
 
 
 async def http_error_handler(request: Request, exc: Exception) -> Response:

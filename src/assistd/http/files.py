@@ -16,9 +16,10 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from assistd.domain.errors import ApiError, invalid
+from assistd.domain.errors import InvalidRequest, invalid
 from assistd.domain.objects import new_file_id, new_file_row
 from assistd.http.common import ok, page, path, runtime
+from assistd.http.errors import ApiError
 from assistd.http.json_checks import check_json
 from assistd.http.models import ListQuery, Model
 from assistd.storage.files import Blob, FileStore
@@ -48,7 +49,7 @@ class FileListQuery(ListQuery):
     purpose: str | None = None
 
 
-def too_large(limit: int) -> ApiError:
+def too_large(limit: int) -> InvalidRequest:
     return invalid(f"File is too large: this server accepts files of at most {limit} bytes.", "file")
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from assistd.domain.errors import ApiError, invalid
+from assistd.domain.errors import InvalidRequest, invalid
 
 MAX_DEPTH = 64  # OpenAI limits JSON schemas to a few levels; nothing legitimate nests this far
 _BAD_CHARACTER = re.compile("[\x00\ud800-\udfff]")
@@ -27,7 +27,7 @@ def _where(path: tuple[str | int, ...]) -> str:
     return out
 
 
-def _string_problem(text: str, path: tuple[str | int, ...]) -> ApiError | None:
+def _string_problem(text: str, path: tuple[str | int, ...]) -> InvalidRequest | None:
     found = _BAD_CHARACTER.search(text)
     if found is None:
         return None

@@ -7,9 +7,9 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from assistd.domain.errors import ApiError
 from assistd.execution.model_catalog import ModelCatalog
 from assistd.http.common import ok, path, runtime
+from assistd.http.errors import ApiError
 
 
 def catalog(request: Request) -> ModelCatalog:

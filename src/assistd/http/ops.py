@@ -41,7 +41,7 @@ async def problems(rt: Runtime, worker: Any) -> dict[str, str]:
     for name, check in (("database", _database), ("redis", _redis)):
         try:
             await asyncio.wait_for(check(rt), CHECK_SECONDS)
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - any failure makes the process not ready, and is named
             found[name] = f"unreachable: {type(exc).__name__}: {exc}".rstrip(": ")
     if worker is not None and not worker.running:
         found["worker"] = "this process's run worker is not running"
@@ -69,7 +69,7 @@ async def _read_gauges(rt: Runtime, worker: Any) -> None:
     try:
         runs = await asyncio.wait_for(stats.run_counts(rt.store.db), CHECK_SECONDS)
         files = await asyncio.wait_for(stats.ingestion_counts(rt.store.db), CHECK_SECONDS)
-    except Exception as exc:  # the scrape still answers, with the database marked down
+    except Exception as exc:  # noqa: BLE001 - the scrape still answers, with the database marked down
         log.warning("metrics: could not read counts from the database: %s", exc)
         metrics.DATABASE_UP.set(0)
         return

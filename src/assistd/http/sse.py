@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import logging
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import Any

@@ -6,6 +6,7 @@ Files are ingested in the background (see execution/ingest.py): they are created
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Annotated, Any, Literal
 
 from pydantic import Field, field_validator, model_validator
@@ -124,7 +125,7 @@ class SearchRequest(Model):
     rewrite_query: bool = False
 
 
-_COMPARE = {
+_COMPARE: dict[str, Callable[[Any, Any], object]] = {
     "eq": lambda a, b: a == b, "ne": lambda a, b: a != b,
     "gt": lambda a, b: a > b, "gte": lambda a, b: a >= b,
     "lt": lambda a, b: a < b, "lte": lambda a, b: a <= b,

@@ -22,7 +22,7 @@ _upstream_host = ""
 
 def configure(upstream_base_url: str) -> None:
     """Remember which upstream this process uses, for the lines that name it."""
-    global _upstream_host
+    global _upstream_host  # noqa: PLW0603 - set once at start-up, read by every line that names it
     _upstream_host = urlsplit(upstream_base_url).netloc or upstream_base_url
 
 

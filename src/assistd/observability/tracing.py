@@ -13,7 +13,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from typing import Any
 
 log = logging.getLogger("assistd")
@@ -110,10 +110,8 @@ def end_span(started: Any) -> None:
 
     current, token = started
     current.end()
-    try:
+    with suppress(Exception):  # a detach from another context; the span is ended all the same
         context.detach(token)
-    except Exception:  # a detach from another context; the span is ended all the same
-        pass
 
 
 def set_attributes(current: Any, **attributes: Any) -> None:

@@ -46,7 +46,7 @@ class Database(Executor, Protocol):
 def expand_in(sql: str, name: str, values: Sequence[Any], params: dict[str, Any]) -> str:
     """Replace `:name` (inside `IN (:name)`) by one parameter per value."""
     keys = [f"{name}_{i}" for i in range(len(values))]
-    params.update(zip(keys, values))
+    params.update(zip(keys, values, strict=True))
     return sql.replace(f":{name}", ", ".join(f":{k}" for k in keys))
 
 

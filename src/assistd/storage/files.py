@@ -162,7 +162,7 @@ class FileStore:
     async def _delete_on_full_disk(self, file_id: str) -> None:
         """The database has no room to record the delete: free the file's bytes, then if that was
         not enough the reserve, and try again; the reserve is taken again when there is room."""
-        await self.get(file_id)  # an unknown file is a 404 before anything is removed
+        await self.get(file_id)  # an unknown file is NotFound before anything is removed
         await self._unlink(file_id)
         try:
             await self._delete_row(file_id)

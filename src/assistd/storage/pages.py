@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Literal
 
+from assistd.domain.errors import InvalidRequest
 from assistd.storage.db import Executor
 
 
@@ -16,10 +17,9 @@ class PageParams:
     before: str | None = None
 
 
-class UnknownCursor(Exception):
+class UnknownCursor(InvalidRequest):
     def __init__(self, param: str, value: str) -> None:
-        super().__init__(f"Invalid '{param}': no object with id '{value}' in this list.")
-        self.param = param
+        super().__init__(f"Invalid '{param}': no object with id '{value}' in this list.", param)
 
 
 async def _cursor_seq(db: Executor, table: str, scope: str, params: dict[str, Any], name: str, value: str) -> int:

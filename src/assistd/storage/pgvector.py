@@ -36,7 +36,7 @@ async def enable(db: Database) -> bool:
                 "vector_store_id TEXT NOT NULL, model TEXT NOT NULL, embedding vector NOT NULL)")
             await tx.execute("CREATE INDEX IF NOT EXISTS vector_store_chunk_vectors_store "
                              "ON vector_store_chunk_vectors (vector_store_id, model)")
-    except Exception as exc:  # not installed, or not allowed: the in-memory search serves
+    except Exception as exc:  # noqa: BLE001 - not installed, or not allowed: the in-memory search serves
         log.info("pgvector is not used: %s", str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
         return False
     db.pgvector = True  # type: ignore[attr-defined]

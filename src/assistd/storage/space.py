@@ -16,7 +16,7 @@ import shutil
 import sqlite3
 from pathlib import Path
 
-from assistd.domain.errors import ApiError
+from assistd.domain.errors import StorageFull
 
 log = logging.getLogger("assistd.storage")
 SQLITE_FULL = 13
@@ -40,11 +40,10 @@ def is_disk_full(exc: BaseException | None) -> bool:
     return False
 
 
-def disk_full_error() -> ApiError:
-    """507 Insufficient Storage: the request was fine, the server has no room to keep it. Not a
-    503: waiting won't help until someone frees space, which DELETE /v1/files/{id} still can."""
-    return ApiError(507, "The server's data disk is full: nothing more can be stored until space is freed "
-                         "(deleting files still works).", type="server_error", code="disk_full")
+def disk_full_error() -> StorageFull:
+    """The request was fine, the server has no room to keep it; deleting files still works."""
+    return StorageFull("The server's data disk is full: nothing more can be stored until space is freed "
+                       "(deleting files still works).", code="disk_full")
 
 
 class DiskReserve:

@@ -15,6 +15,7 @@ search is then one matrix product. The ranking itself is `execution/retrieval.py
 
 from __future__ import annotations
 
+import builtins  # the store has a `list` method: its annotations name the type this way
 import math
 import re
 import time
@@ -25,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from assistd.domain import objects as o
-from assistd.domain.errors import ApiError, invalid, not_found
+from assistd.domain.errors import InvalidRequest, NotFound, invalid, not_found
 from assistd.domain.ids import new_id, now
 from assistd.storage import pgvector
 from assistd.storage.db import Database, Executor, expand_in
@@ -91,12 +92,12 @@ def top_similar(matrix: np.ndarray, queries: np.ndarray, limit: int) -> list[tup
     return [(int(row), float(similarity[row])) for row in order]
 
 
-def expired_error(vector_store_id: str) -> ApiError:
+def expired_error(vector_store_id: str) -> InvalidRequest:
     return invalid(f"Vector store '{vector_store_id}' has expired and can no longer be searched.")
 
 
-def _file_not_found(vector_store_id: str, file_id: str) -> ApiError:
-    return ApiError(404, f"No file found with id '{file_id}' in vector store '{vector_store_id}'.")
+def _file_not_found(vector_store_id: str, file_id: str) -> NotFound:
+    return NotFound(f"No file found with id '{file_id}' in vector store '{vector_store_id}'.")
 
 
 async def _counts(db: Executor, store_ids: list[str]) -> dict[str, tuple[dict[str, int], int]]:
@@ -132,7 +133,7 @@ class VectorStoreStore:
 
     # ------------------------------------------------------------ stores
 
-    async def _objects(self, rows: list[Obj]) -> list[Obj]:
+    async def _objects(self, rows: builtins.list[Obj]) -> builtins.list[Obj]:
         counts = await _counts(self.db, [r["id"] for r in rows])
         return [o.vector_store_object(r, *counts[r["id"]]) for r in rows]
 
@@ -146,7 +147,7 @@ class VectorStoreStore:
     async def get(self, vector_store_id: str) -> Obj:
         return (await self._objects([await self._row(vector_store_id)]))[0]
 
-    async def create(self, params: Obj, file_ids: list[str]) -> Obj:
+    async def create(self, params: Obj, file_ids: builtins.list[str]) -> Obj:
         row = o.new_vector_store_row(params)
         strategy = params.get("chunking_strategy")
         async with self.db.transaction() as tx:
@@ -247,7 +248,7 @@ class VectorStoreStore:
                 raise _file_not_found(vector_store_id, file_id)
             await self._delete_chunks(tx, vector_store_id, file_id)
 
-    async def file_chunks(self, vector_store_id: str, file_id: str) -> list[str]:
+    async def file_chunks(self, vector_store_id: str, file_id: str) -> builtins.list[str]:
         await self.get_file(vector_store_id, file_id)
         rows = await self.db.fetchall(
             "SELECT text FROM vector_store_chunks WHERE vector_store_id = :vs AND file_id = :f ORDER BY position",
@@ -256,7 +257,7 @@ class VectorStoreStore:
 
     # ------------------------------------------------------------ batches
 
-    async def create_batch(self, vector_store_id: str, entries: list[Entry]) -> Obj:
+    async def create_batch(self, vector_store_id: str, entries: builtins.list[Entry]) -> Obj:
         """Attach files as one batch; each entry is (file id, chunking strategy, attributes)."""
         await self.live(vector_store_id)
         batch_id = new_id("vsfb")
@@ -297,13 +298,13 @@ class VectorStoreStore:
         await self.touch(vector_store_id)
 
     async def live(self, vector_store_id: str) -> Obj:
-        """The store's row, unless it has expired (then 400: it can't be used any more)."""
+        """The store's row, unless it has expired (then InvalidRequest: it can't be used any more)."""
         row = await self._row(vector_store_id)
         if o.store_expired(row):
             raise expired_error(vector_store_id)
         return row
 
-    async def purge_expired(self) -> list[str]:
+    async def purge_expired(self) -> builtins.list[str]:
         """Delete the chunks of stores that have expired; returns those stores' ids."""
         rows = await self.db.fetchall(
             "SELECT s.id, s.expires_after, s.last_active_at FROM vector_stores s WHERE s.expires_after IS NOT NULL "
@@ -314,7 +315,7 @@ class VectorStoreStore:
                 await self._delete_chunks(tx, vector_store_id, None)
         return expired
 
-    async def lexical(self, vector_store_id: str, queries: list[str], limit: int) -> list[Obj]:
+    async def lexical(self, vector_store_id: str, queries: builtins.list[str], limit: int) -> builtins.list[Obj]:
         """The best-matching chunks of the store's completed files by their words, best first."""
         terms = search_terms(queries)
         if not terms:
@@ -345,7 +346,7 @@ class VectorStoreStore:
         return found
 
     async def nearest(self, vector_store_id: str, model: str, queries: np.ndarray,
-                      limit: int) -> list[tuple[int, float]]:
+                      limit: int) -> builtins.list[tuple[int, float]]:
         """(chunk seq, cosine similarity) of the `limit` chunks most similar to any query, best first."""
         if getattr(self.db, "pgvector", False):
             return await self._nearest_pgvector(vector_store_id, model, queries, limit)
@@ -353,7 +354,7 @@ class VectorStoreStore:
         return [(int(found.seqs[row]), similarity) for row, similarity in top_similar(found.matrix, queries, limit)]
 
     async def _nearest_pgvector(self, vector_store_id: str, model: str, queries: np.ndarray,
-                                limit: int) -> list[tuple[int, float]]:
+                                limit: int) -> builtins.list[tuple[int, float]]:
         best: dict[int, float] = {}
         for query in queries:
             rows = await self.db.fetchall(
@@ -368,7 +369,7 @@ class VectorStoreStore:
                 best[seq] = max(similarity, best.get(seq, -1.0))
         return sorted(best.items(), key=lambda pair: (-pair[1], pair[0]))[:limit]
 
-    async def chunks(self, seqs: list[int]) -> list[Obj]:
+    async def chunks(self, seqs: builtins.list[int]) -> builtins.list[Obj]:
         """Search rows (file, text, attributes, file name) of the given chunks, in the given order."""
         if not seqs:
             return []
@@ -382,7 +383,7 @@ class VectorStoreStore:
         by_seq = {int(r["seq"]): r for r in await self.db.fetchall(sql, **params)}
         return _with_attributes([by_seq[seq] for seq in seqs if seq in by_seq])
 
-    async def _search_sqlite(self, vector_store_id: str, terms: list[str], limit: int) -> list[Obj]:
+    async def _search_sqlite(self, vector_store_id: str, terms: builtins.list[str], limit: int) -> builtins.list[Obj]:
         match = " OR ".join(f'"{term}"' for term in terms)  # \w+ words: no quotes inside
         rows = await self.db.fetchall(
             "SELECT c.seq, c.file_id, c.text, f.attributes, COALESCE(fl.filename, '') AS filename, "
@@ -398,7 +399,7 @@ class VectorStoreStore:
             row["score"] = raw / (raw + 1.0)
         return rows
 
-    async def _search_postgres(self, vector_store_id: str, terms: list[str], limit: int) -> list[Obj]:
+    async def _search_postgres(self, vector_store_id: str, terms: builtins.list[str], limit: int) -> builtins.list[Obj]:
         """BM25-like: each query word's `ts_rank` (normalized by the chunk's length) weighted by
         its inverse document frequency in the store, summed. Without the weights, common words
         ("file", "function") count as much as the rare word a question is about. Words in more
@@ -425,7 +426,7 @@ class VectorStoreStore:
             row["score"] = raw / (raw + 1.0)
         return rows
 
-    async def _idf_weights(self, vector_store_id: str, terms: list[str]) -> tuple[int, dict[str, tuple[float, int]]]:
+    async def _idf_weights(self, vector_store_id: str, terms: builtins.list[str]) -> tuple[int, dict[str, tuple[float, int]]]:
         """The store's chunk count, and (BM25 idf, chunk count) of each lexeme of the query
         words that the store has."""
         stats, fresh = await self._store_words(vector_store_id)
@@ -470,11 +471,11 @@ class VectorStoreStore:
         await self.db.execute("UPDATE vector_store_files SET claimed_by = NULL, claimed_at = NULL "
                               "WHERE status = 'in_progress'")
 
-    async def claim_files(self, holder: str, limit: int, at: float, stale_before: float) -> list[Obj]:
+    async def claim_files(self, holder: str, limit: int, at: float, stale_before: float) -> builtins.list[Obj]:
         """Take up to `limit` pending files: unclaimed, or claimed by a holder whose lease lapsed."""
         skip_locked = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgresql" else ""
         async with self.db.transaction() as tx:
-            rows = await tx.fetchall(
+            rows: builtins.list[Obj] = await tx.fetchall(
                 "WITH picked AS MATERIALIZED (SELECT seq FROM vector_store_files WHERE status = 'in_progress' "
                 f"AND (claimed_by IS NULL OR claimed_at < :stale) ORDER BY seq LIMIT :n{skip_locked}) "
                 "UPDATE vector_store_files SET claimed_by = :w, claimed_at = :at "
@@ -487,7 +488,7 @@ class VectorStoreStore:
         await self.db.execute("UPDATE vector_store_files SET claimed_at = :at "
                               "WHERE claimed_by = :w AND status = 'in_progress'", at=at, w=holder)
 
-    async def finish_file(self, holder: str, vector_store_id: str, file_id: str, chunks: list[str],
+    async def finish_file(self, holder: str, vector_store_id: str, file_id: str, chunks: builtins.list[str],
                           vectors: np.ndarray | None = None, model: str | None = None) -> bool:
         """Store a file's chunks (and their vectors of `model`, if given) and mark it `completed`,
         only if `holder` still holds it."""

@@ -18,13 +18,19 @@ from typing import Any
 
 import zmq
 import zmq.asyncio
-from jupyter_client.asynchronous import AsyncKernelClient
+from jupyter_client.asynchronous.client import AsyncKernelClient
+from jupyter_client.connect import KernelConnectionInfo
 
 from assistd.execution.code_interpreter import sandbox
 from assistd.execution.code_interpreter.limits import Limits
 from assistd.execution.code_interpreter.outputs import Sink
-from assistd.execution.code_interpreter.processes import (children_in_tasks, kill_all, namespace_members, rss_bytes,
-                                                          sandbox_pids)
+from assistd.execution.code_interpreter.processes import (
+    children_in_tasks,
+    kill_all,
+    namespace_members,
+    rss_bytes,
+    sandbox_pids,
+)
 
 Msg = dict[str, Any]
 START_SECONDS = 60.0
@@ -38,7 +44,7 @@ INTERRUPT_GRACE = 1.0  # after an interrupt, how long the kernel has to finish t
 # launcher cuts the kernel's own stream messages to well under it.
 MAX_MESSAGE_BYTES = 8 * 1024 * 1024
 QUEUED_MESSAGES = 2
-PORTS = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
+PORTS: KernelConnectionInfo = {"shell_port": 1, "iopub_port": 2, "stdin_port": 3, "control_port": 4, "hb_port": 5}
 
 
 class KernelDied(Exception):
@@ -83,7 +89,8 @@ class Kernel:
         """Start the sandbox and wait until the kernel answers kernel_info."""
         connection = self._write_connection_files()
         command = sandbox.kernel_command(self.limits, f"{sandbox.KERNEL_DIR_INSIDE}/connection.json")
-        with open(self.dirs.log, "ab") as log, sandbox.seccomp_filter() as seccomp_fd:
+        # the log file is local and opened once, for the child's output: nothing to wait for
+        with open(self.dirs.log, "ab") as log, sandbox.seccomp_filter() as seccomp_fd:  # noqa: ASYNC230
             argv = sandbox.bwrap_argv(self.python, self.dirs.binds, command, seccomp_fd)
             # setpriv drops to the sandbox uid (uvloop, which uvicorn uses, has no user=/group=)
             uid = str(sandbox.SANDBOX_UID)
@@ -102,10 +109,10 @@ class Kernel:
             await self.stop()
             raise
 
-    def _write_connection_files(self) -> dict[str, Any]:
+    def _write_connection_files(self) -> KernelConnectionInfo:
         """The same key and socket names, as the kernel sees them and as the host does."""
-        info = {**PORTS, "transport": "ipc", "key": secrets.token_hex(32), "signature_scheme": "hmac-sha256"}
-        inside = {**info, "ip": f"{sandbox.KERNEL_DIR_INSIDE}/k"}
+        info: KernelConnectionInfo = {**PORTS, "transport": "ipc", "key": secrets.token_hex(32), "signature_scheme": "hmac-sha256"}
+        inside: KernelConnectionInfo = {**info, "ip": f"{sandbox.KERNEL_DIR_INSIDE}/k"}
         path = self.dirs.kernel / "connection.json"
         path.write_text(json.dumps(inside))
         os.chown(path, sandbox.SANDBOX_UID, sandbox.SANDBOX_UID)
@@ -259,7 +266,7 @@ class Kernel:
         try:
             await asyncio.wait_for(self.collect(msg_id, sink), INTERRUPT_GRACE)
             return True
-        except (asyncio.TimeoutError, KernelDied):
+        except (TimeoutError, KernelDied):
             await self.stop()
             return False
 
@@ -269,7 +276,7 @@ class Kernel:
         """Kill every process in the sandbox but its init and the kernel; returns how many."""
         if not self.alive:
             return 0
-        return kill_all(lambda: self._strays())
+        return kill_all(self._strays)
 
     def _strays(self) -> list[int]:
         return [p for p in namespace_members(self.init_pid) if p not in (self.init_pid, self.kernel_pid)]

@@ -4,10 +4,14 @@ become the IPython kernel. Standard library only; assistd itself is not visible 
 argv: a JSON object {"RLIMIT_…": [soft, hard], …}, then the kernel's own arguments.
 """
 
+from __future__ import annotations
+
 import json
 import os
 import resource
 import sys
+from collections.abc import Iterator
+from typing import Any
 
 STREAM_PIECE = 500_000  # characters per stream message: well under assistd's 8 MiB per message
 
@@ -19,7 +23,7 @@ def send_streams_in_pieces() -> None:
 
     flush_buffers = iostream.OutStream._flush_buffers
 
-    def in_pieces(self):
+    def in_pieces(self: Any) -> Iterator[tuple[Any, str]]:
         for parent, data in flush_buffers(self):
             for start in range(0, len(data), STREAM_PIECE):
                 yield parent, data[start:start + STREAM_PIECE]

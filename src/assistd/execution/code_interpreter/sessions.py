@@ -99,7 +99,7 @@ class Session:
         timed_out = False
         try:
             await asyncio.wait_for(kernel.collect(msg_id, sink), self.limits.call_seconds)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             timed_out = True
             await kernel.interrupt(msg_id, sink)
             sink.note(f"[execution stopped: the call exceeded its {self.limits.call_seconds:g} s time limit]")

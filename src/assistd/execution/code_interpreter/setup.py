@@ -37,7 +37,7 @@ def _is_debian_root() -> bool:
 def _apt_install(*packages: str) -> None:
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
     install = ["apt-get", "install", "-y", "-qq", *packages]
-    if subprocess.run(install, env=env, capture_output=True).returncode != 0:
+    if subprocess.run(install, env=env, capture_output=True, check=False).returncode != 0:
         subprocess.run(["apt-get", "update", "-qq"], env=env, capture_output=True, check=True)
         subprocess.run(install, env=env, capture_output=True, check=True)
 
@@ -49,7 +49,7 @@ def ensure_system_packages() -> list[str]:
     if shutil.which("bwrap") is None:
         missing.append("bubblewrap")
     if not SYSTEM_PYTHON.exists() or subprocess.run(
-            [str(SYSTEM_PYTHON), "-c", "import ensurepip, venv"], capture_output=True).returncode != 0:
+            [str(SYSTEM_PYTHON), "-c", "import ensurepip, venv"], capture_output=True, check=False).returncode != 0:
         missing.append("python3-venv")
     if not missing:
         return []
