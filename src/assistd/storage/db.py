@@ -8,6 +8,7 @@ few reader connections, as one writer per SQLite file is what SQLite does best.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Sequence
@@ -17,6 +18,8 @@ from typing import Any, Protocol
 
 import aiosqlite
 import asyncpg
+
+from assistd.storage.write_wait import held_since, timed
 
 Row = dict[str, Any]
 _PARAM = re.compile(r"(?<!:):([a-zA-Z_][a-zA-Z0-9_]*)")
@@ -132,8 +135,11 @@ class SQLiteDatabase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SQLiteConn]:
-        async with self._write_lock:
-            await self.writer.conn.execute("BEGIN IMMEDIATE")
+        async with contextlib.AsyncExitStack() as stack:
+            with timed("sqlite writer"):
+                await stack.enter_async_context(self._write_lock)
+                await self.writer.conn.execute("BEGIN IMMEDIATE")
+            held = held_since("sqlite writer")
             try:
                 yield self.writer
             except BaseException:
@@ -141,6 +147,8 @@ class SQLiteDatabase:
                 raise
             else:
                 await asyncio.shield(self.writer.conn.execute("COMMIT"))
+            finally:
+                held.done()
 
     @property
     def reader(self) -> _InlineReader:
@@ -228,19 +236,32 @@ class PostgresDatabase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PGConn]:
-        async with self.pool.acquire() as conn, conn.transaction():
-            yield _PGConn(conn)
+        async with contextlib.AsyncExitStack() as stack:
+            with timed("postgresql connection"):
+                conn = await stack.enter_async_context(self.pool.acquire())
+            held = held_since("postgresql transaction")
+            try:
+                async with conn.transaction():
+                    yield _PGConn(conn)
+            finally:
+                held.done()
 
     async def fetchone(self, sql: str, **params: Any) -> Row | None:
-        async with self.pool.acquire() as conn:
+        async with contextlib.AsyncExitStack() as stack:
+            with timed("postgresql connection, a read"):
+                conn = await stack.enter_async_context(self.pool.acquire())
             return await _PGConn(conn).fetchone(sql, **params)
 
     async def fetchall(self, sql: str, **params: Any) -> list[Row]:
-        async with self.pool.acquire() as conn:
+        async with contextlib.AsyncExitStack() as stack:
+            with timed("postgresql connection, a read"):
+                conn = await stack.enter_async_context(self.pool.acquire())
             return await _PGConn(conn).fetchall(sql, **params)
 
     async def execute(self, sql: str, **params: Any) -> int:
-        async with self.pool.acquire() as conn:
+        async with contextlib.AsyncExitStack() as stack:
+            with timed("postgresql connection"):
+                conn = await stack.enter_async_context(self.pool.acquire())
             return await _PGConn(conn).execute(sql, **params)
 
     async def executescript(self, sql: str) -> None:
