@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -30,7 +29,6 @@ from assistd.storage.files import FileStore
 
 log = logging.getLogger("assistd.executor")
 Obj = dict[str, Any]
-FLUSH_SECONDS = 1.0
 
 
 class StopReason:
@@ -61,7 +59,6 @@ class RunTurn:
         self.usage: Obj | None = None
         self.finish_reason: str | None = None
         self.prompt_estimate = 0
-        self.last_flush = time.monotonic()
 
     @property
     def run_id(self) -> str:
@@ -198,19 +195,22 @@ class RunTurn:
             "object": "thread.message.delta",
             "delta": {"content": [{"index": 0, "type": "text", "text": {"value": piece, "annotations": []}}]},
         })
-        if time.monotonic() - self.last_flush >= FLUSH_SECONDS:
-            await self._flush_text()
+        self.rt.text_flush.due(self.message["id"], self._text_so_far)
 
     def _sync_text(self) -> None:
         if self.message is not None:
             self.message["content"] = [o.text_part("".join(self.text))]
 
-    async def _flush_text(self) -> None:
-        """Keep the partial answer durable while it streams (retrievable, and kept on a crash)."""
-        self.last_flush = time.monotonic()
+    def _text_so_far(self) -> Obj | None:
+        """The partial answer, for the periodic flush that keeps it durable while it streams
+        (retrievable, and kept on a crash); the turn never waits for that write."""
         self._sync_text()
+        return self.message
+
+    async def _stop_flushing(self) -> None:
+        """The turn writes its message's final state itself: no partial flush may land after it."""
         if self.message is not None:
-            await self.rt.store.save_message(self.message)
+            await self.rt.text_flush.forget(self.message["id"])
 
     # ------------------------------------------------------------ tool calls
 
@@ -325,6 +325,7 @@ class RunTurn:
                                             for c in self.calls.values())
         store = self.rt.store
         events: list[tuple[str, Obj]] = []
+        await self._stop_flushing()
         async with store.db.transaction() as tx:
             last_step = self.tool_step or self.message_step
             if self.message is not None and self.message_step is not None:
@@ -404,6 +405,7 @@ class RunTurn:
 
     async def _end(self, target: RunStatus, **fields: Any) -> None:
         """Settle the run; if a cancel got there first, finish the cancellation instead."""
+        await self._stop_flushing()
         self._sync_text()
         if self.message is not None:
             await self.rt.store.save_message(self.message)

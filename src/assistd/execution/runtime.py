@@ -11,10 +11,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from assistd.config import Settings
+from assistd.execution import loop_lag
 from assistd.execution.broker import Broker, LocalBroker
 from assistd.execution.embeddings import LocalEmbedder, UpstreamEmbedder, local_model_problem, open_embedder
 from assistd.execution.retrieval import Retriever
 from assistd.execution.signals import LocalSignals, PostgresSignals, Signals
+from assistd.execution.text_flush import TextFlusher
 from assistd.execution.upstream import Upstream
 from assistd.storage import pgvector
 from assistd.storage.db import open_database
@@ -33,6 +35,11 @@ class Runtime:
     upstream: Upstream
     embedder: UpstreamEmbedder | LocalEmbedder | None = None
     code_pool: Any = None  # the code_interpreter sessions, in processes that execute runs and can sandbox
+    text_flush: TextFlusher = None  # type: ignore[assignment]  # set in __post_init__: needs the store
+
+    def __post_init__(self) -> None:
+        if self.text_flush is None:
+            self.text_flush = TextFlusher(self.store)
 
     @property
     def retriever(self) -> Retriever:
@@ -56,6 +63,7 @@ async def open_runtime(settings: Settings) -> Runtime:
     """Connect to the database (applying migrations), the event broker and the wake-ups."""
     if problem := local_model_problem(settings):
         raise SystemExit(f"ASSISTD_EMBEDDINGS_MODEL={settings.embeddings_model}: {problem}")
+    loop_lag.start()  # this process's event-loop lag, for operators (loop_lag.figures())
     url = settings.resolved_database_url
     db = open_database(url, settings.database_pool_size)
     await db.connect()
@@ -76,9 +84,11 @@ async def open_runtime(settings: Settings) -> Runtime:
 
 
 async def close_runtime(rt: Runtime) -> None:
+    await rt.text_flush.close()
     await rt.signals.close()
     await rt.broker.close()
     await rt.upstream.close()
     if rt.embedder is not None:
         await rt.embedder.close()
     await rt.store.db.close()
+    await loop_lag.stop()
