@@ -136,10 +136,10 @@ class SQLiteDatabase:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SQLiteConn]:
         async with contextlib.AsyncExitStack() as stack:
-            with timed("sqlite writer"):
+            with timed("write", "the sqlite writer"):
                 await stack.enter_async_context(self._write_lock)
                 await self.writer.conn.execute("BEGIN IMMEDIATE")
-            held = held_since("sqlite writer")
+            held = held_since("the sqlite writer")
             try:
                 yield self.writer
             except BaseException:
@@ -237,9 +237,9 @@ class PostgresDatabase:
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PGConn]:
         async with contextlib.AsyncExitStack() as stack:
-            with timed("postgresql connection"):
+            with timed("write", "a postgresql connection"):
                 conn = await stack.enter_async_context(self.pool.acquire())
-            held = held_since("postgresql transaction")
+            held = held_since("a postgresql connection")
             try:
                 async with conn.transaction():
                     yield _PGConn(conn)
@@ -248,19 +248,19 @@ class PostgresDatabase:
 
     async def fetchone(self, sql: str, **params: Any) -> Row | None:
         async with contextlib.AsyncExitStack() as stack:
-            with timed("postgresql connection, a read"):
+            with timed("read", "a postgresql connection"):
                 conn = await stack.enter_async_context(self.pool.acquire())
             return await _PGConn(conn).fetchone(sql, **params)
 
     async def fetchall(self, sql: str, **params: Any) -> list[Row]:
         async with contextlib.AsyncExitStack() as stack:
-            with timed("postgresql connection, a read"):
+            with timed("read", "a postgresql connection"):
                 conn = await stack.enter_async_context(self.pool.acquire())
             return await _PGConn(conn).fetchall(sql, **params)
 
     async def execute(self, sql: str, **params: Any) -> int:
         async with contextlib.AsyncExitStack() as stack:
-            with timed("postgresql connection"):
+            with timed("write", "a postgresql connection"):
                 conn = await stack.enter_async_context(self.pool.acquire())
             return await _PGConn(conn).execute(sql, **params)
 

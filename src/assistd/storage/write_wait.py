@@ -23,13 +23,12 @@ class WriteWaits:
         self.max_seconds = 0.0
         self.slow = 0
 
-    def record(self, seconds: float, what: str) -> None:
+    def record(self, seconds: float) -> None:
         self.count += 1
         self.total_seconds += seconds
         self.max_seconds = max(self.max_seconds, seconds)
         if seconds >= SLOW_SECONDS:
             self.slow += 1
-            log.warning("a database write (%s) waited %.0f ms for its turn", what, seconds * 1000)
 
 
 WAITS = WriteWaits()
@@ -46,19 +45,26 @@ def caller() -> str:
 
 
 class timed:
-    """`with timed("sqlite writer"):` around the wait for a write's turn."""
+    """`with timed("write", "the sqlite writer"):` around the wait for a database access's
+    turn; only writes count in `figures()`, a slow read is logged too."""
 
-    def __init__(self, what: str) -> None:
-        self.what = what
+    def __init__(self, kind: str, resource: str) -> None:
+        self.kind = kind
+        self.resource = resource
         self.start = 0.0
 
     def __enter__(self) -> None:
         self.start = time.monotonic()
 
     def __exit__(self, *exc: object) -> None:
-        if exc[0] is None:
-            waited = time.monotonic() - self.start
-            WAITS.record(waited, f"{self.what}, for {caller()}" if waited >= SLOW_SECONDS else self.what)
+        if exc[0] is not None:
+            return
+        waited = time.monotonic() - self.start
+        if self.kind == "write":
+            WAITS.record(waited)
+        if waited >= SLOW_SECONDS:
+            log.warning("a database %s for %s waited %.0f ms for %s", self.kind, caller(), waited * 1000,
+                        self.resource)
 
 
 def figures() -> dict[str, float]:
@@ -80,12 +86,12 @@ class held_since:
     waits), on PostgreSQL its row locks and a pooled connection. A long one is logged with
     its caller."""
 
-    def __init__(self, what: str) -> None:
+    def __init__(self, resource: str) -> None:
         self.start = time.monotonic()
-        self.what = what
+        self.resource = resource
         self.caller = caller()
 
     def done(self) -> None:
         held = time.monotonic() - self.start
         if held >= HELD_SLOW_SECONDS:
-            log.warning("a transaction (%s) held the %s for %.0f ms", self.caller, self.what, held * 1000)
+            log.warning("a transaction of %s held %s for %.0f ms", self.caller, self.resource, held * 1000)
