@@ -22,7 +22,7 @@ from assistd.domain.ids import new_id, now
 from assistd.domain.run_state import RunStatus
 from assistd.execution import code_tool, file_search, prompt
 from assistd.execution.runtime import Runtime
-from assistd.execution.settle import Settled, run_usage, settle, settle_in
+from assistd.execution.settle import Settled, run_usage, settle_in
 from assistd.execution.sweeper import hand_back
 from assistd.execution.upstream import UpstreamError
 from assistd.storage.files import FileStore
@@ -404,13 +404,19 @@ class RunTurn:
         await self._end(RunStatus.INCOMPLETE, incomplete_details={"reason": reason})
 
     async def _end(self, target: RunStatus, **fields: Any) -> None:
-        """Settle the run; if a cancel got there first, finish the cancellation instead."""
+        """Settle the run; if a cancel got there first, finish the cancellation instead.
+        The final text is written in the settling transaction: one commit, so a cancelled
+        run shows `cancelled` sooner."""
         await self._stop_flushing()
         self._sync_text()
-        if self.message is not None:
-            await self.rt.store.save_message(self.message)
-        if await settle(self.rt.store, self.rt.broker, self.run_id, target, **fields) is None:
+        async with self.rt.store.db.transaction() as tx:
+            if self.message is not None:
+                await self.rt.store.save_message(self.message, tx)
+            settled = await settle_in(tx, self.rt.store, self.run_id, target, **fields)
+        if settled is None:
             await self._lost_race()
+        else:
+            settled.publish(self.rt.broker)
 
     async def _lost_race(self) -> None:
         run = await self.rt.store.get_run_by_id(self.run_id)
