@@ -8,7 +8,7 @@ Cells, each with its own runs (a fresh thread each):
 - *generating* × {streamed, polled, mix}: the upstream streams 20 tokens a second to every run;
   once every run is generating, each is cancelled in turn. *streamed*: every run is followed by
   `runs.create(stream=True)`; *polled*: runs made with `POST /v1/threads/runs` and no stream,
-  each `GET` every POLL_BEFORE s by its own poller (create_and_poll clients, ten times as eager
+  each `GET` every POLL_BEFORE s by its own poller (create_and_poll clients, five times as eager
   as the SDK's default); *mix*: half of each.
 - *queued*: the worker is full (its concurrency taken by filler runs), the runs wait in the queue.
 - *requires_action*: the model called a function tool; the run waits for tool outputs.
@@ -70,13 +70,13 @@ from bench.common import (
 )
 from bench.scale_out import REDIS_URL, Worker, _stop_all, _wait_worker_ready
 
-RUNS = 40  # per cell
+RUNS = 100  # per cell, as in the issue that found the one-second tail
 CODE_RUNS = 10  # a sandboxed kernel each
 CONTROLS = 5  # baseline streams per cell
 PACE = 0.020  # between one cancel's answer and the next cancel
-POLL_BEFORE, POLL_AFTER = 0.1, 0.010
+POLL_BEFORE, POLL_AFTER = 0.2, 0.010  # the SDK's create_and_poll waits 1 s between GETs
 TOKENS, CHUNK_DELAY = 4000, 0.05  # 20 tokens a second for 200 s: every run is live when cancelled
-FILLERS = 60  # runs that fill the worker for the queued cell (its concurrency)
+SLACK = 10  # the worker takes RUNS + SLACK runs at once; as many fillers make the queued cell's runs wait
 STATE_WAIT = 90.0  # for every run of a cell to reach its state
 CELL_LIMIT = 150.0
 TIME_LIMIT = 1500.0  # the whole matrix
@@ -104,6 +104,7 @@ def serve_upstream() -> None:
     from tests.support.fake_upstream import FakeUpstream, Reply, message_text
 
     long_text = Reply.text(" ".join(f"tok{i}" for i in range(TOKENS)), chunk_delay=CHUNK_DELAY)
+    slow_text = Reply.text(" ".join(f"tok{i}" for i in range(600)), chunk_delay=1.0)  # fillers: cheap
 
     class MatrixUpstream(FakeUpstream):
         def _log(self, body: dict[str, Any], headers: dict[str, str]) -> Any:
@@ -118,6 +119,8 @@ def serve_upstream() -> None:
                 return Reply.tool_calls([("lookup", '{"q": "x"}')])
             if last.startswith("search-"):
                 return Reply.tool_calls([("file_search", '{"query": "kiwi"}')])
+            if last.startswith("fill-"):
+                return slow_text
             if last.startswith("code-"):
                 return Reply.tool_calls([("code_interpreter", json.dumps({"code": CODE.format(tag=last[5:])}))])
             return long_text
@@ -164,7 +167,7 @@ def deploy(key: str, upstream: Upstream, database_url: str) -> Iterator[Deployme
     env = {
         **os.environ, "ASSISTD_DATA_DIR": str(data), "ASSISTD_UPSTREAM_BASE_URL": upstream.base_url,
         "ASSISTD_UPSTREAM_API_KEY": "bench", "ASSISTD_DATABASE_URL": database_url,
-        "ASSISTD_SHUTDOWN_GRACE_SECONDS": "2", "ASSISTD_WORKER_CONCURRENCY": str(FILLERS),
+        "ASSISTD_SHUTDOWN_GRACE_SECONDS": "2", "ASSISTD_WORKER_CONCURRENCY": str(RUNS + SLACK),
         "ASSISTD_CODE_DIR": str(code_dir), "ASSISTD_CODE_MAX_SESSIONS": str(CODE_RUNS + 2),
     }
     env.pop("ASSISTD_API_KEYS", None)
@@ -207,6 +210,7 @@ class Run:
     marker: str
     streamed: bool
     tag: str
+    polled: bool = True  # a filler (it only keeps the worker busy) is not
     thread_id: str = ""
     run_id: str = ""
     status: str = ""  # last seen by a poller (polled runs) or the stream
@@ -283,7 +287,8 @@ class Bench:
                 answer.raise_for_status()
                 data = answer.json()
                 run.thread_id, run.run_id, run.status = data["thread_id"], data["id"], data["status"]
-                self.background.append(asyncio.create_task(self._poll(run)))
+                if run.polled:
+                    self.background.append(asyncio.create_task(self._poll(run)))
         except Exception as exc:  # noqa: BLE001 - reported with the cell
             run.error = f"start: {type(exc).__name__}: {exc}"
             run.generating.set()
@@ -372,10 +377,10 @@ async def _in_state(bench: Bench, state: str, run: Run) -> bool:
     return run.generating.is_set()
 
 
-async def mark_generating(bench: Bench, runs: list[Run]) -> None:
+async def mark_generating(bench: Bench, runs: list[Run], min_chunks: int = 3) -> None:
     """A run generates once its upstream request has sent a few chunks (from the upstream's log)."""
     log = await _upstream_markers(bench.upstream)
-    live = {r["marker"] for r in log if r["outcome"] is None and r["chunks_sent"] >= 3}
+    live = {r["marker"] for r in log if r["outcome"] is None and r["chunks_sent"] >= min_chunks}
     for run in runs:
         if any(run.tag in marker for marker in live):
             run.generating.set()
@@ -407,9 +412,10 @@ async def measure_cell(bench: Bench, cell: Cell) -> None:
         cell.runs.append(Run(marker, streamed, run_tag))
     fillers: list[Run] = []
     if cell.state == "queued":
-        fillers = [Run(f"gen-{tag}f{i:03d}x", False, f"{tag}f{i:03d}x") for i in range(FILLERS)]
+        fillers = [Run(f"fill-{tag}f{i:03d}x", False, f"{tag}f{i:03d}x", polled=False)
+                   for i in range(RUNS + SLACK)]
         await _start_all(bench, fillers, await bench.assistant("generating"), None)
-        await _wait_generating(bench, fillers)
+        await _wait_generating(bench, fillers, min_chunks=1)
     resources = await _search_resources(bench, tag) if cell.state == "file_search" else None
     await _start_all(bench, cell.runs, await bench.assistant(cell.state), resources)
     controls = [(f"control {tag} {i}", asyncio.Event()) for i in range(CONTROLS)]
@@ -454,10 +460,10 @@ async def _start_all(bench: Bench, runs: list[Run], assistant_id: str, resources
     await asyncio.gather(*(one(run) for run in runs))
 
 
-async def _wait_generating(bench: Bench, runs: list[Run]) -> None:
+async def _wait_generating(bench: Bench, runs: list[Run], min_chunks: int = 3) -> None:
     deadline = time.monotonic() + STATE_WAIT
     while time.monotonic() < deadline:
-        await mark_generating(bench, runs)
+        await mark_generating(bench, runs, min_chunks)
         if all(r.generating.is_set() or r.error for r in runs):
             await asyncio.sleep(1.2)  # every run's first partial-text flush is behind it
             return
