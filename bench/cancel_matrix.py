@@ -220,6 +220,7 @@ class Run:
     answer_status: str = ""
     get_cancelled: float | None = None
     stream_cancelled: float | None = None
+    deltas: list[str] = field(default_factory=list)  # the text a streamed run's stream delivered
     error: str = ""
 
 
@@ -231,6 +232,8 @@ class Cell:
     runs: list[Run] = field(default_factory=list)
     figures: dict[str, list[float]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
+    stored_ok: int = 0  # cancelled runs whose last message is `incomplete` (run_cancelled) with the text streamed
+    stored_checked: int = 0
     marks: dict[Path, int] = field(default_factory=dict)  # server logs' sizes when the cancels began
     loop_stall: float = 0.0
     write_wait: float = 0.0
@@ -306,6 +309,8 @@ class Bench:
                         run.status = event.data.status
                     if event.event == "thread.run.cancelled":
                         run.stream_cancelled = now
+                    elif event.event == "thread.message.delta":
+                        run.deltas += [p.text.value or "" for p in event.data.delta.content or [] if p.type == "text"]
         except Exception as exc:  # noqa: BLE001
             run.error = f"stream: {type(exc).__name__}: {exc}"
 
@@ -445,9 +450,33 @@ async def measure_cell(bench: Bench, cell: Cell) -> None:
             with contextlib.suppress(Exception):
                 await bench.back.beta.threads.runs.cancel(run.run_id, thread_id=run.thread_id)
     await asyncio.sleep(1.0)
+    if cell.state in ("generating", "file_search"):
+        await _check_stored(bench, cell)
     log = await _upstream_markers(bench.upstream)
     _collect(bench, cell, log, control_t0)
     cell.seconds = time.monotonic() - started
+
+
+async def _check_stored(bench: Bench, cell: Cell) -> None:
+    """A cancelled run keeps its partial answer: the last message is `incomplete` (run_cancelled)
+    with text, and for a streamed run it is exactly the text its stream delivered."""
+    semaphore = asyncio.Semaphore(10)
+
+    async def check(run: Run) -> None:
+        async with semaphore:
+            last = (await bench.back.beta.threads.messages.list(run.thread_id, limit=1)).data[0]
+        text = "".join(p.text.value for p in last.content if p.type == "text")
+        reason = last.incomplete_details.reason if last.incomplete_details else None
+        ok = last.role == "assistant" and last.status == "incomplete" and reason == "run_cancelled" and bool(text)
+        if run.streamed and text != "".join(run.deltas):
+            ok = False
+        cell.stored_checked += 1
+        cell.stored_ok += ok
+        if not ok:
+            cell.problems.append(f"{run.run_id}: last message {last.status} ({reason}), {len(text)} chars stored, "
+                                 f"{len(''.join(run.deltas))} streamed")
+
+    await asyncio.gather(*(check(run) for run in cell.runs if run.get_cancelled and not run.error))
 
 
 async def _start_all(bench: Bench, runs: list[Run], assistant_id: str, resources: dict[str, Any] | None) -> None:
@@ -647,6 +676,7 @@ def summary_line(cell: Cell) -> str:
     miss = misses(cell)
     return (f"[{DEPLOYMENTS.get(cell.deployment, cell.deployment)}] {cell.name}: " + " ".join(parts)
             + f" loop-stall≤{ms(cell.loop_stall)} write-wait≤{ms(cell.write_wait)}"
+            + (f" stored-ok={cell.stored_ok}/{cell.stored_checked}" if cell.stored_checked else "")
             + (f"  MISSES {', '.join(miss)}" if miss else "") + (f"  problems={len(cell.problems)}" if cell.problems else ""))
 
 
@@ -654,8 +684,8 @@ def render(results: list[Cell], load_before: list[str], load_after: list[str], s
     title = "Cancel latency matrix"
     lines = [summary_line(c) for c in results]
     header = ("| deployment | state, clients | n | round trip | closed / interrupted | GET shows `cancelled` "
-              "| stream gets `cancelled` | baseline | loop stall | write wait | misses |\n"
-              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+              "| stream gets `cancelled` | baseline | loop stall | write wait | partial answer kept | misses |\n"
+              "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |")
     rows = []
     for c in results:
         f = c.figures
@@ -663,7 +693,8 @@ def render(results: list[Cell], load_before: list[str], load_after: list[str], s
                     f"| {_pmax(f.get('round trip', []))} | {_pmax(f.get('closed', []))} | {_pmax(f.get('GET', []))} "
                     f"| {_pmax(f.get('stream', []))} | {_pmax(f.get('baseline', []))} "
                     f"| {ms(c.loop_stall) if c.loop_stall else '< 100 ms'} "
-                    f"| {ms(c.write_wait) if c.write_wait else '< 100 ms'} | {', '.join(misses(c)) or 'none'} |")
+                    f"| {ms(c.write_wait) if c.write_wait else '< 100 ms'} "
+                    f"| {f'{c.stored_ok}/{c.stored_checked}' if c.stored_checked else '—'} | {', '.join(misses(c)) or 'none'} |")
     problems = [f"- {DEPLOYMENTS.get(c.deployment, c.deployment)}, {c.name}: {p}" for c in results for p in c.problems[:3]]
     markdown = [
         f"### {title}", "",
@@ -674,7 +705,9 @@ def render(results: list[Cell], load_before: list[str], load_after: list[str], s
          f"Load average {' '.join(load_before)} before, {' '.join(load_after)} after; {seconds:.0f} s in all."), "",
         ("Targets: closed (upstream connection, or kernel interrupted) p99 ≤ 25 ms and max ≤ 100 ms; round trip "
          "p99 ≤ 25 ms; `cancelled` visible to `GET` and to the stream p99 ≤ 50 ms. Loop stall and write wait: the "
-         "worst logged by assistd during the cell (it logs those ≥ 100 ms)."), "",
+         "worst logged by assistd during the cell's cancels (it logs those ≥ 100 ms). Partial answer kept: cancelled "
+         "runs whose last message is `incomplete` (run_cancelled) with text, for streamed runs exactly the text "
+         "streamed."), "",
         header, *rows,
     ]
     if problems:
