@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from assistd.config import Settings
@@ -37,11 +37,10 @@ class Runtime:
     upstream: Upstream
     embedder: UpstreamEmbedder | LocalEmbedder | None = None
     code_pool: Any = None  # the code_interpreter sessions, in processes that execute runs and can sandbox
-    text_flush: TextFlusher = None  # type: ignore[assignment]  # set in __post_init__: needs the store
+    text_flush: TextFlusher = field(init=False)  # streaming runs' partial answers, written together
 
     def __post_init__(self) -> None:
-        if self.text_flush is None:
-            self.text_flush = TextFlusher(self.store)
+        self.text_flush = TextFlusher(self.store)
 
     @property
     def retriever(self) -> Retriever:
