@@ -22,6 +22,7 @@ import asyncpg
 from assistd.storage.write_wait import held_since, timed
 
 Row = dict[str, Any]
+WRITE_RESERVE = 4  # PostgreSQL connections of the pool that reads outside a transaction leave to writes
 _PARAM = re.compile(r"(?<!:):([a-zA-Z_][a-zA-Z0-9_]*)")
 
 
@@ -219,6 +220,9 @@ class PostgresDatabase:
         self.url = url
         self._pool: asyncpg.Pool | None = None
         self._sizes = (min_size, max_size)
+        # Reads (GET polling) may take all but a few connections: writes, a cancel's among
+        # them, always find one instead of queueing behind a crowd of polls.
+        self._reads = asyncio.Semaphore(max(1, max_size - WRITE_RESERVE))
 
     async def connect(self) -> None:
         self._pool = await asyncpg.create_pool(
@@ -249,12 +253,14 @@ class PostgresDatabase:
     async def fetchone(self, sql: str, **params: Any) -> Row | None:
         async with contextlib.AsyncExitStack() as stack:
             with timed("read", "a postgresql connection"):
+                await stack.enter_async_context(self._reads)
                 conn = await stack.enter_async_context(self.pool.acquire())
             return await _PGConn(conn).fetchone(sql, **params)
 
     async def fetchall(self, sql: str, **params: Any) -> list[Row]:
         async with contextlib.AsyncExitStack() as stack:
             with timed("read", "a postgresql connection"):
+                await stack.enter_async_context(self._reads)
                 conn = await stack.enter_async_context(self.pool.acquire())
             return await _PGConn(conn).fetchall(sql, **params)
 
