@@ -506,8 +506,7 @@ async def _wait_generating(bench: Bench, runs: list[Run], min_chunks: int = 3) -
     while time.monotonic() < deadline:
         await mark_generating(bench, runs, min_chunks)
         if all(r.generating.is_set() or r.error for r in runs):
-            await asyncio.sleep(1.2)  # every run's first partial-text flush is behind it
-            return
+            return  # at once, as in the issue: the runs' first partial-text flushes come during the cancels
         await asyncio.sleep(0.3)
     silent = [r.marker for r in runs if not r.generating.is_set()]
     raise TimeoutError(f"{len(silent)} runs not generating after {STATE_WAIT:.0f} s, e.g. {silent[0]}")
