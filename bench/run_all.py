@@ -20,6 +20,7 @@ from pathlib import Path
 
 from bench import (
     cancel_latency,
+    cancel_matrix,
     code_interpreter,
     concurrent_1000,
     first_delta,
@@ -76,6 +77,8 @@ def _sections(skip_postgres: bool, skip_retrieval: bool = False) -> list[tuple[s
     ]
     if not skip_postgres:
         sections.append(("cancel latency (PostgreSQL)", lambda: cancel_latency.run("postgresql")))
+    matrix = ("sqlite",) if skip_postgres else tuple(cancel_matrix.DEPLOYMENTS)
+    sections.append(("cancel latency matrix", lambda: cancel_matrix.run(matrix, cancel_matrix.STATES, cancel_matrix.SHAPES)))
     sections += [
         ("GET run requests per second", get_run_rps.run),
         ("code_interpreter sessions", code_interpreter.run),

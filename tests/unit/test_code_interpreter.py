@@ -146,6 +146,26 @@ def test_cancelling_the_awaiting_task_interrupts_a_busy_loop_and_the_session_sur
     assert ok(after) == "yes\n" and not after.restarted
 
 
+def test_a_cancelled_call_returns_at_once_and_the_next_call_waits_for_the_interrupt_to_finish(root: Path) -> None:
+    code = ("import time\nopen('/mnt/data/started', 'w').close()\ntry:\n    time.sleep(60)\n"
+            "except KeyboardInterrupt:\n    time.sleep(0.5)\n    state = 'interrupted and cleaned up'\n")
+
+    async def scenario(pool: SessionPool) -> tuple[bool, Output]:
+        task = asyncio.create_task(pool.execute("t1", code))
+        while not any(pool.root.glob("sessions/*/data/started")):
+            await asyncio.sleep(0.05)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        cleanup = pool.sessions["t1"].cleanup
+        still_interrupting = cleanup is not None and not cleanup.done()
+        return still_interrupting, await pool.execute("t1", "print(state)")
+
+    still_interrupting, after = with_pool(root, scenario)
+    assert still_interrupting  # the caller did not wait for the kernel's handler
+    assert ok(after) == "interrupted and cleaned up\n" and not after.restarted
+
+
 def test_a_call_past_the_wall_clock_limit_returns_timed_out(root: Path) -> None:
     async def scenario(pool: SessionPool) -> tuple[Output, Output]:
         slow = await pool.execute("t1", "import time\nprint('started')\ntime.sleep(30)")

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Awaitable
 from typing import Any
 
@@ -24,7 +23,7 @@ from assistd.domain.run_state import RunStatus
 from assistd.execution import code_tool, file_search, prompt, vision
 from assistd.execution.message_parts import StreamedText, image_delta
 from assistd.execution.runtime import Runtime
-from assistd.execution.settle import Settled, run_usage, settle, settle_in
+from assistd.execution.settle import Settled, run_usage, settle_in
 from assistd.execution.sweeper import hand_back
 from assistd.execution.upstream import UpstreamError
 from assistd.observability import runs as observed
@@ -33,7 +32,6 @@ from assistd.storage.files import FileStore
 
 log = logging.getLogger("assistd.executor")
 Obj = dict[str, Any]
-FLUSH_SECONDS = 1.0
 DATABASE_RETRY_SECONDS = 1.0
 DATABASE_LOST = {"code": "server_error", "message": "The database was unavailable while the run was in progress."}
 
@@ -75,7 +73,6 @@ class RunTurn:
         self.usage: Obj | None = None
         self.finish_reason: str | None = None
         self.prompt_estimate = 0
-        self.last_flush = time.monotonic()
 
     @property
     def run_id(self) -> str:
@@ -279,20 +276,23 @@ class RunTurn:
         self.text.append(piece)
         if (part := self.streamed.feed(piece)) is not None:
             self._publish_delta(part)
-        if time.monotonic() - self.last_flush >= FLUSH_SECONDS:
-            await self._flush_text()
+        self.rt.text_flush.due(self.message["id"], self._text_so_far)
 
     def _sync_text(self) -> None:
         if self.message is not None:
             text = [self.streamed.part()] if self.streamed is not None else []
             self.message["content"] = [*self.images, *text]
 
-    async def _flush_text(self) -> None:
-        """Keep the partial answer durable while it streams (retrievable, and kept on a crash)."""
-        self.last_flush = time.monotonic()
+    def _text_so_far(self) -> Obj | None:
+        """The partial answer, for the periodic flush that keeps it durable while it streams
+        (retrievable, and kept on a crash); the turn never waits for that write."""
         self._sync_text()
+        return self.message
+
+    async def _stop_flushing(self) -> None:
+        """The turn writes its message's final state itself: no partial flush may land after it."""
         if self.message is not None:
-            await self.rt.store.save_message(self.message)
+            await self.rt.text_flush.forget(self.message["id"])
 
     # ------------------------------------------------------------ tool calls
 
@@ -407,6 +407,7 @@ class RunTurn:
                                             for c in self.calls.values())
         store = self.rt.store
         events: list[tuple[str, Obj]] = []
+        await self._stop_flushing()
         async with store.db.transaction() as tx:
             await self._lock_thread(tx)
             last_step = self.tool_step or self.message_step
@@ -494,12 +495,19 @@ class RunTurn:
         await self._end(RunStatus.INCOMPLETE, incomplete_details={"reason": reason})
 
     async def _end(self, target: RunStatus, **fields: Any) -> None:
-        """Settle the run; if a cancel got there first, finish the cancellation instead."""
+        """Settle the run; if a cancel got there first, finish the cancellation instead.
+        The final text is written in the settling transaction: one commit, so a cancelled
+        run shows `cancelled` sooner."""
+        await self._stop_flushing()
         self._sync_text()
-        if self.message is not None:
-            await self.rt.store.save_message(self.message)
-        if await settle(self.rt.store, self.rt.broker, self.run_id, target, **fields) is None:
+        async with self.rt.store.db.transaction() as tx:
+            if self.message is not None:
+                await self.rt.store.save_message(self.message, tx)
+            settled = await settle_in(tx, self.rt.store, self.run_id, target, **fields)
+        if settled is None:
             await self._lost_race()
+        else:
+            settled.publish(self.rt.broker)
 
     async def _lost_race(self) -> None:
         run = await self.rt.store.get_run_by_id(self.run_id)

@@ -7,14 +7,17 @@ process of a deployment (API or worker) makes the same choice.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import sys
+from dataclasses import dataclass, field
 from typing import Any
 
 from assistd.config import SettingError, Settings
+from assistd.execution import loop_lag
 from assistd.execution.broker import Broker, LocalBroker
 from assistd.execution.embeddings import LocalEmbedder, UpstreamEmbedder, local_model_problem, open_embedder
 from assistd.execution.retrieval import Retriever
 from assistd.execution.signals import LocalSignals, PostgresSignals, Signals
+from assistd.execution.text_flush import TextFlusher
 from assistd.execution.upstream import Upstream
 from assistd.storage import pgvector
 from assistd.storage.db import SQLiteDatabase, open_database
@@ -23,6 +26,7 @@ from assistd.storage.space import DiskReserve
 from assistd.storage.store import Store
 
 log = logging.getLogger("assistd")
+GIL_SWITCH_SECONDS = 0.001
 
 
 @dataclass
@@ -35,6 +39,10 @@ class Runtime:
     embedder: UpstreamEmbedder | LocalEmbedder | None = None
     code_pool: Any = None  # the code_interpreter sessions, in processes that execute runs and can sandbox
     disk_reserve: DiskReserve | None = None  # SQLite: room for deletes on a full data disk
+    text_flush: TextFlusher = field(init=False)  # streaming runs' partial answers, written together
+
+    def __post_init__(self) -> None:
+        self.text_flush = TextFlusher(self.store)
 
     @property
     def retriever(self) -> Retriever:
@@ -58,6 +66,12 @@ async def open_runtime(settings: Settings) -> Runtime:
     """Connect to the database (applying migrations), the event broker and the wake-ups."""
     if problem := local_model_problem(settings):
         raise SettingError(f"ASSISTD_EMBEDDINGS_MODEL={settings.embeddings_model}: {problem}")
+    # The database's thread (aiosqlite), asyncio.to_thread work and the event loop take turns
+    # at the GIL; with Python's 5 ms switch interval each handoff to or from a busy loop could
+    # wait 5 ms, several times per SQLite transaction (a cancel's too). At 1 ms the cancel
+    # round trip and `cancelled` showing took half as long at p50 (bench/RESULTS.md).
+    sys.setswitchinterval(GIL_SWITCH_SECONDS)
+    loop_lag.start()  # this process's event-loop lag, for operators (loop_lag.figures())
     url = settings.resolved_database_url
     db = open_database(url, settings.database_pool_size)
     await db.connect()
@@ -82,9 +96,11 @@ async def open_runtime(settings: Settings) -> Runtime:
 
 
 async def close_runtime(rt: Runtime) -> None:
+    await rt.text_flush.close()
     await rt.signals.close()
     await rt.broker.close()
     await rt.upstream.close()
     if rt.embedder is not None:
         await rt.embedder.close()
     await rt.store.db.close()
+    await loop_lag.stop()

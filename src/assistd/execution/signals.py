@@ -94,7 +94,8 @@ class PostgresSignals(LocalSignals):
 
     async def _notify(self, channel: str, payload: str) -> None:
         try:
-            await self.db.fetchone("SELECT pg_notify(:channel, :payload)", channel=channel, payload=payload)
+            # `execute`: a write's connection, not one that waits behind the pool's readers
+            await self.db.execute("SELECT pg_notify(:channel, :payload)", channel=channel, payload=payload)
         except (asyncpg.PostgresError, OSError, DatabaseUnavailable) as exc:
             log.warning("NOTIFY %s failed (%s); workers will find out by polling", channel, exc)
 

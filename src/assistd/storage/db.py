@@ -8,6 +8,7 @@ few reader connections, as one writer per SQLite file is what SQLite does best.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -18,7 +19,10 @@ from typing import Any, Protocol
 import aiosqlite
 import asyncpg
 
+from assistd.storage.write_wait import held_since, timed
+
 Row = dict[str, Any]
+WRITE_RESERVE = 4  # PostgreSQL connections of the pool that reads outside a transaction leave to writes
 _PARAM = re.compile(r"(?<!:):([a-zA-Z_][a-zA-Z0-9_]*)")
 CONNECT_TIMEOUT_SECONDS = 10.0  # a server that accepts TCP but never answers must not hang a request
 
@@ -138,8 +142,11 @@ class SQLiteDatabase:
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_SQLiteConn]:
-        async with self._write_lock:
-            await self.writer.conn.execute("BEGIN IMMEDIATE")
+        async with contextlib.AsyncExitStack() as stack:
+            with timed("write", "the sqlite writer"):
+                await stack.enter_async_context(self._write_lock)
+                await self.writer.conn.execute("BEGIN IMMEDIATE")
+            held = held_since("the sqlite writer")
             try:
                 yield self.writer
             except BaseException:
@@ -147,6 +154,8 @@ class SQLiteDatabase:
                 raise
             else:
                 await asyncio.shield(self.writer.conn.execute("COMMIT"))
+            finally:
+                held.done()
 
     @property
     def reader(self) -> _InlineReader:
@@ -249,6 +258,9 @@ class PostgresDatabase:
         self.url = url
         self._pool: asyncpg.Pool | None = None
         self._sizes = (min_size, max_size)
+        # Reads (GET polling) may take all but a few connections: writes, a cancel's among
+        # them, always find one instead of queueing behind a crowd of polls.
+        self._reads = asyncio.Semaphore(max(1, max_size - WRITE_RESERVE))
 
     async def connect(self) -> None:
         self._pool = await asyncpg.create_pool(
@@ -265,37 +277,47 @@ class PostgresDatabase:
         return self._pool
 
     @asynccontextmanager
-    async def _connection(self) -> AsyncIterator[_PGConn]:
-        """A pooled connection; only the driver's own failures become DatabaseUnavailable
-        (an OSError of the caller's, a full disk say, stays what it is)."""
-        with _reaching():
-            conn = await self.pool.acquire()
-        try:
-            yield _PGConn(conn)
-        finally:
-            with _reaching():
-                await self.pool.release(conn)
+    async def _connection(self, kind: str = "write") -> AsyncIterator[_PGConn]:
+        """A pooled connection, its wait timed (storage/write_wait). Reads outside a transaction
+        leave WRITE_RESERVE connections to writes, so heavy polling can't starve a cancel. Only
+        the driver's own failures become DatabaseUnavailable (an OSError of the caller's, a full
+        disk say, stays what it is)."""
+        async with contextlib.AsyncExitStack() as stack:
+            with timed(kind, "a postgresql connection"):
+                if kind == "read":
+                    await stack.enter_async_context(self._reads)
+                with _reaching():
+                    conn = await self.pool.acquire()
+            try:
+                yield _PGConn(conn)
+            finally:
+                with _reaching():
+                    await self.pool.release(conn)
 
     @asynccontextmanager
     async def transaction(self) -> AsyncIterator[_PGConn]:
         async with self._connection() as pg:
-            tx = pg.conn.transaction()
-            with _reaching():
-                await tx.start()
+            held = held_since("a postgresql connection")
             try:
-                yield pg
-            except BaseException:
-                await _roll_back(tx)
-                raise
-            with _reaching():
-                await tx.commit()
+                tx = pg.conn.transaction()
+                with _reaching():
+                    await tx.start()
+                try:
+                    yield pg
+                except BaseException:
+                    await _roll_back(tx)
+                    raise
+                with _reaching():
+                    await tx.commit()
+            finally:
+                held.done()
 
     async def fetchone(self, sql: str, **params: Any) -> Row | None:
-        async with self._connection() as pg:
+        async with self._connection("read") as pg:
             return await pg.fetchone(sql, **params)
 
     async def fetchall(self, sql: str, **params: Any) -> list[Row]:
-        async with self._connection() as pg:
+        async with self._connection("read") as pg:
             return await pg.fetchall(sql, **params)
 
     async def execute(self, sql: str, **params: Any) -> int:

@@ -174,6 +174,11 @@ class Store:
             "UPDATE messages SET data = :d WHERE id = :id", d=data, id=message["id"]
         )
 
+    async def save_message_bodies(self, messages: list[Obj], tx: Any) -> None:
+        """`save_message` for many messages in one statement (within the transaction `tx`)."""
+        await tx.executemany("UPDATE messages SET data = :d WHERE id = :id",
+                             [{"d": _split(m)[0], "id": m["id"]} for m in messages])
+
     async def get_message(self, thread_id: str, message_id: str, db: Executor | None = None) -> Obj:
         row = await (db or self.db).fetchone(
             "SELECT data, metadata FROM messages WHERE id = :id AND thread_id = :t",

@@ -473,6 +473,12 @@ class VectorStoreStore:
 
     async def claim_files(self, holder: str, limit: int, at: float, stale_before: float) -> builtins.list[Obj]:
         """Take up to `limit` pending files: unclaimed, or claimed by a holder whose lease lapsed."""
+        # A read first: an idle ingester polls twice a second, and a write transaction each
+        # time would take SQLite's one writer (or a PostgreSQL transaction) for nothing.
+        if not await self.db.fetchone(
+                "SELECT 1 AS pending FROM vector_store_files WHERE status = 'in_progress' "
+                "AND (claimed_by IS NULL OR claimed_at < :stale) LIMIT 1", stale=stale_before):
+            return []
         skip_locked = " FOR UPDATE SKIP LOCKED" if self.db.dialect == "postgresql" else ""
         async with self.db.transaction() as tx:
             rows: builtins.list[Obj] = await tx.fetchall(

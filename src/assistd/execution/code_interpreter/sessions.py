@@ -35,16 +35,18 @@ class Session:
         self.last_used = time.monotonic()
         self.ended_because = ""  # why the previous kernel (or session) of this key ended
         self.calls = 0
+        self.cleanup: asyncio.Task[None] | None = None  # an abandoned call being interrupted
 
     @property
     def idle(self) -> bool:
-        return self.users == 0
+        return self.users == 0 and (self.cleanup is None or self.cleanup.done())
 
     def open(self) -> None:
         sandbox.prepare_session(self.dirs, self.limits)
         self.outbox.mkdir(parents=True)
 
     async def close(self) -> None:
+        await self._cleaned_up()
         if self.kernel is not None:
             await self.kernel.stop()
             self.kernel = None
@@ -57,6 +59,7 @@ class Session:
     # ------------------------------------------------------------ one call
 
     async def execute(self, code: str, files_in: list[tuple[str, Path]]) -> Output:
+        await self._cleaned_up()
         sink = Sink(self.limits.output_chars)
         try:
             restarted = await self._ensure_kernel(sink)
@@ -104,7 +107,10 @@ class Session:
             await kernel.interrupt(msg_id, sink)
             sink.note(f"[execution stopped: the call exceeded its {self.limits.call_seconds:g} s time limit]")
         except asyncio.CancelledError:
-            await asyncio.shield(self._abandon(kernel, msg_id))
+            # The caller (a cancelled run) need not wait for the kernel to finish the call,
+            # up to INTERRUPT_GRACE: the interrupt goes on in the background, and the
+            # session's next call (or its closing) waits for it.
+            self.cleanup = asyncio.create_task(self._abandon(kernel, msg_id))
             raise
         except KernelDied as died:
             sink.error = True
@@ -113,6 +119,11 @@ class Session:
                       "variables are lost, files in /mnt/data are kept]")
         await self._after_call(kernel, sink)
         return timed_out
+
+    async def _cleaned_up(self) -> None:
+        if self.cleanup is not None:
+            await asyncio.wait({self.cleanup})  # not cancelled if this caller is
+            self.cleanup = None
 
     async def _abandon(self, kernel: Kernel, msg_id: str) -> None:
         """The caller gave up on this call: interrupt it and leave the kernel ready."""

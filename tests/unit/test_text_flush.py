@@ -1,0 +1,113 @@
+"""Partial answers of streaming runs are written together, and never over a final write."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from assistd.domain import objects as o
+from assistd.execution.text_flush import TextFlusher
+from assistd.storage.db import open_database
+from assistd.storage.migrate import migrate
+from assistd.storage.store import Store
+from tests.conftest import BACKENDS
+from tests.support.server import drop_postgres_database, fresh_postgres_url
+
+
+@pytest.fixture(params=BACKENDS)
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'unit.db'}"
+        return
+    url = fresh_postgres_url()
+    yield url
+    drop_postgres_database(url)
+
+
+class CountingStore(Store):
+    """A real store that counts the transactions its database opens."""
+
+    def __init__(self, store: Store) -> None:
+        super().__init__(store.db)
+        self.transactions = 0
+        opened = store.db.transaction
+
+        def counted() -> Any:
+            self.transactions += 1
+            return opened()
+
+        self.db.transaction = counted  # type: ignore[method-assign]
+
+
+async def _messages(store: Store, count: int) -> list[dict[str, Any]]:
+    thread = o.new_thread({})
+    await store.insert_thread(thread, [])
+    messages = []
+    for _ in range(count):
+        message = o.new_message(thread["id"], "assistant", [], status="in_progress")
+        messages.append(await store.insert_message(message))
+    return messages
+
+
+def _with_text(message: dict[str, Any], text: str) -> dict[str, Any]:
+    return {**message, "content": [o.text_part(text)]}
+
+
+async def _texts(store: Store, messages: list[dict[str, Any]]) -> list[str]:
+    stored = [await store.get_message(m["thread_id"], m["id"]) for m in messages]
+    return [m["content"][0]["text"]["value"] if m["content"] else "" for m in stored]
+
+
+def test_partial_texts_of_many_runs_are_written_in_one_transaction(database_url: str) -> None:
+    async def scenario() -> tuple[int, list[str]]:
+        db = open_database(database_url)
+        await db.connect()
+        try:
+            await migrate(db)
+            store = CountingStore(Store(db))
+            messages = await _messages(store, 5)
+            flusher = TextFlusher(store, period=3600)
+            before = store.transactions
+            for i, message in enumerate(messages):
+                flusher.due(message["id"], lambda m=message, i=i: _with_text(m, f"partial {i}"))
+            await flusher.flush()
+            await flusher.close()
+            return store.transactions - before, await _texts(store, messages)
+        finally:
+            await db.close()
+
+    transactions, texts = asyncio.run(scenario())
+    assert transactions == 1
+    assert texts == [f"partial {i}" for i in range(5)]
+
+
+def test_a_flush_under_way_never_lands_after_the_final_write(database_url: str) -> None:
+    async def scenario() -> tuple[bool, list[str]]:
+        db = open_database(database_url)
+        await db.connect()
+        try:
+            await migrate(db)
+            store = Store(db)
+            [message] = await _messages(store, 1)
+            flusher = TextFlusher(store, period=3600)
+            flusher.due(message["id"], lambda: _with_text(message, "partial"))
+            flushing = asyncio.create_task(flusher.flush())
+            await asyncio.sleep(0)  # the flush has its snapshot and is writing it
+            await flusher.forget(message["id"])
+            waited = flushing.done()
+            await store.save_message(_with_text(message, "final"))
+            flusher.due(message["id"], lambda: _with_text(message, "stale"))
+            await flusher.forget(message["id"])  # a turn that ends takes its message out
+            await flusher.flush()
+            await flusher.close()
+            return waited, await _texts(store, [message])
+        finally:
+            await db.close()
+
+    waited, texts = asyncio.run(scenario())
+    assert waited
+    assert texts == ["final"]
