@@ -159,6 +159,13 @@ def test_metrics_count_runs_upstream_calls_and_requests_by_route(
         assert (gauge, frozenset()) in after, gauge
     assert ("assistd_ingestion_files", frozenset({("status", "completed")})) in after
     assert _value(after, "assistd_database_up") == 1
+    # What makes a cancel slow: the loop's lag and the database's waits, measured since the start.
+    for stall in ("assistd_event_loop_lag_max_seconds", "assistd_event_loop_lag_recent_max_seconds",
+                  "assistd_event_loop_stalls_total", "assistd_db_wait_max_seconds", "assistd_db_waits_total",
+                  "assistd_db_wait_seconds_total", "assistd_db_slow_waits_total"):
+        assert (stall, frozenset()) in after, stall
+    assert _value(after, "assistd_event_loop_lag_max_seconds") > 0  # the monitor runs and has measured
+    assert _value(after, "assistd_db_waits_total") > 0  # the runs above wrote
 
 
 def test_metrics_need_the_api_key_and_readyz_does_not(make_server: Any) -> None:

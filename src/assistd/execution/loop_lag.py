@@ -102,23 +102,21 @@ class LoopLag:
         }
 
 
-_monitor: LoopLag | None = None
+_running: dict[str, LoopLag] = {}  # "monitor": this process's, once started
 
 
 def start() -> LoopLag:
     """Measure this process's running loop (once per process; later calls return the same)."""
-    global _monitor
-    if _monitor is None:
-        _monitor = LoopLag()
-        _monitor.start()
-    return _monitor
+    if "monitor" not in _running:
+        _running["monitor"] = LoopLag()
+        _running["monitor"].start()
+    return _running["monitor"]
 
 
 async def stop() -> None:
-    global _monitor
-    if _monitor is not None:
-        await _monitor.stop()
-        _monitor = None
+    monitor = _running.pop("monitor", None)
+    if monitor is not None:
+        await monitor.stop()
 
 
 def figures() -> dict[str, float]:
@@ -129,6 +127,7 @@ def figures() -> dict[str, float]:
     - `last_seconds`: the latest measurement;
     - `stalls_total`: how many lags reached STALL_SECONDS.
     """
-    if _monitor is None:
+    monitor = _running.get("monitor")
+    if monitor is None:
         return {"max_seconds": 0.0, "recent_max_seconds": 0.0, "last_seconds": 0.0, "stalls_total": 0.0}
-    return _monitor.figures()
+    return monitor.figures()

@@ -7,7 +7,14 @@ scrape time and are the same in every process of a deployment.
 
 from __future__ import annotations
 
-from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+from collections.abc import Iterator
+
+from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from assistd.execution import loop_lag
+from assistd.storage import write_wait
 
 # Runs take seconds to minutes; the first token, well under a second to tens of seconds.
 RUN_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
@@ -52,6 +59,32 @@ def set_database_gauges(runs: dict[str, int], files: dict[str, int]) -> None:
         LIVE_RUNS.labels(status).set(runs.get(status, 0))
     for status in {*INGESTION_STATUSES, *files}:
         INGESTION.labels(status).set(files.get(status, 0))
+
+
+class StallCollector(Collector):
+    """This process's event-loop lag and database connection waits (execution/loop_lag,
+    storage/write_wait), read when scraped: what makes a cancel slow shows here first."""
+
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        lag, waits = loop_lag.figures(), write_wait.figures()
+        yield GaugeMetricFamily("assistd_event_loop_lag_max_seconds",
+                                "Worst event-loop lag since the process started", value=lag["max_seconds"])
+        yield GaugeMetricFamily("assistd_event_loop_lag_recent_max_seconds",
+                                "Worst event-loop lag in the last minute", value=lag["recent_max_seconds"])
+        yield CounterMetricFamily("assistd_event_loop_stalls", "Event-loop lags of 100 ms or more",
+                                  value=lag["stalls_total"])
+        yield GaugeMetricFamily("assistd_db_wait_max_seconds",
+                                "Longest wait for the database's writer or a pooled connection",
+                                value=waits["max_wait_seconds"])
+        yield CounterMetricFamily("assistd_db_waits", "Waits for the database's writer or a pooled connection",
+                                  value=waits["waits_total"])
+        yield CounterMetricFamily("assistd_db_wait_seconds", "Time spent waiting for the database",
+                                  value=waits["wait_seconds_total"])
+        yield CounterMetricFamily("assistd_db_slow_waits", "Database waits of 100 ms or more",
+                                  value=waits["slow_waits_total"])
+
+
+REGISTRY.register(StallCollector())
 
 
 def exposition() -> tuple[bytes, str]:
