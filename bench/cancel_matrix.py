@@ -47,6 +47,13 @@ from pathlib import Path
 from typing import Any
 
 import openai
+from openai.types.beta import AssistantToolParam
+from openai.types.beta.thread_create_params import ToolResources
+
+try:  # the SDK's own httpx, as bench.common imports it (openai>=3 speaks httpx2)
+    import httpx2 as sdk_http
+except ImportError:  # pragma: no cover
+    import httpx as sdk_http  # type: ignore[no-redef]
 
 from bench.common import (
     PYTHON,
@@ -57,14 +64,12 @@ from bench.common import (
     async_client,
     database,
     free_port,
-    log_problems,
     main,
     ms,
     percentile,
     report,
     run_bounded,
     scratch_dir,
-    sdk_http,
     spawn,
     wait_healthy,
 )
@@ -265,18 +270,19 @@ class Bench:
 
     async def assistant(self, state: str) -> str:
         if state not in self.assistants:
-            tools: list[Any] = {
+            by_state: dict[str, list[AssistantToolParam]] = {
                 "requires_action": [{"type": "function", "function": {"name": "lookup", "parameters": {
                     "type": "object", "properties": {"q": {"type": "string"}}}}}],
                 "code_interpreter": [{"type": "code_interpreter"}],
                 "file_search": [{"type": "file_search"}],
-            }.get(state, [])
+            }
+            tools = by_state.get(state, [])
             self.assistants[state] = (await self.front.beta.assistants.create(model="bench", tools=tools)).id
         return self.assistants[state]
 
     # ------------------------------------------------------------ starting runs
 
-    async def start(self, run: Run, assistant_id: str, resources: dict[str, Any] | None = None) -> None:
+    async def start(self, run: Run, assistant_id: str, resources: ToolResources | None = None) -> None:
         try:
             if run.streamed:
                 thread = await self.front.beta.threads.create(
@@ -310,7 +316,8 @@ class Bench:
                     if event.event == "thread.run.cancelled":
                         run.stream_cancelled = now
                     elif event.event == "thread.message.delta":
-                        run.deltas += [p.text.value or "" for p in event.data.delta.content or [] if p.type == "text"]
+                        run.deltas += [p.text.value or "" for p in event.data.delta.content or []
+                                       if p.type == "text" and p.text]
         except Exception as exc:  # noqa: BLE001
             run.error = f"stream: {type(exc).__name__}: {exc}"
 
@@ -406,21 +413,8 @@ async def control_stream(bench: Bench, marker: str, ready: asyncio.Event) -> Non
 async def measure_cell(bench: Bench, cell: Cell) -> None:
     started = time.monotonic()
     tag = secrets.token_hex(3)
-    count = CODE_RUNS if cell.state == "code_interpreter" else RUNS
-    prefix = {"requires_action": "act-", "file_search": "search-"}.get(cell.state, "gen-")
-    for i in range(count):
-        streamed = cell.shape == "streamed" or (cell.shape == "mix" and i % 2 == 0)
-        run_tag = f"{tag}r{i:03d}x"
-        marker = f"{prefix}{run_tag}"
-        if cell.state == "code_interpreter":
-            marker = f"code-{run_tag}"
-        cell.runs.append(Run(marker, streamed, run_tag))
-    fillers: list[Run] = []
-    if cell.state == "queued":
-        fillers = [Run(f"fill-{tag}f{i:03d}x", False, f"{tag}f{i:03d}x", polled=False)
-                   for i in range(RUNS + SLACK)]
-        await _start_all(bench, fillers, await bench.assistant("generating"), None)
-        await _wait_generating(bench, fillers, min_chunks=1)
+    cell.runs.extend(_cell_runs(cell, tag))
+    fillers = await _fill_worker(bench, tag) if cell.state == "queued" else []
     resources = await _search_resources(bench, tag) if cell.state == "file_search" else None
     await _start_all(bench, cell.runs, await bench.assistant(cell.state), resources)
     controls = [(f"control {tag} {i}", asyncio.Event()) for i in range(CONTROLS)]
@@ -430,28 +424,15 @@ async def measure_cell(bench: Bench, cell: Cell) -> None:
     else:
         await wait_for_state(bench, cell)
     await asyncio.wait_for(asyncio.gather(*(ready.wait() for _, ready in controls)), 30)
-    control_t0: dict[str, float] = {}
     cell.marks = log_marks(bench.dep.logs)
     client_lag: list[float] = []
     ticker = asyncio.create_task(_tick(client_lag))
-    every = max(1, len(cell.runs) // CONTROLS)
-    for i, run in enumerate(cell.runs, 1):
-        if run.run_id and not run.error:
-            await bench.cancel(run)
-        await asyncio.sleep(PACE)
-        if i % every == 0 and i // every <= CONTROLS:
-            marker, _ = controls[i // every - 1]
-            control_t0[marker] = time.time()
-            control_tasks[i // every - 1].cancel()
-            await asyncio.sleep(PACE)
+    control_t0 = await _cancel_all(bench, cell.runs, [m for m, _ in controls], control_tasks)
     for task in control_tasks:
         task.cancel()
     await _wait_ended(bench, cell.runs)
     ticker.cancel()
-    for run in fillers:
-        if run.run_id:
-            with contextlib.suppress(Exception):
-                await bench.back.beta.threads.runs.cancel(run.run_id, thread_id=run.thread_id)
+    await _cancel_fillers(bench, fillers)
     await asyncio.sleep(1.0)
     if cell.state in ("generating", "file_search"):
         await _check_stored(bench, cell)
@@ -459,6 +440,50 @@ async def measure_cell(bench: Bench, cell: Cell) -> None:
     _collect(bench, cell, log, control_t0)
     cell.figures["client lag"] = client_lag
     cell.seconds = time.monotonic() - started
+
+
+def _cell_runs(cell: Cell, tag: str) -> list[Run]:
+    """The cell's runs: streamed or polled by its shape, each marked for the fake upstream."""
+    count = CODE_RUNS if cell.state == "code_interpreter" else RUNS
+    prefix = {"requires_action": "act-", "file_search": "search-", "code_interpreter": "code-"}.get(cell.state, "gen-")
+    runs = []
+    for i in range(count):
+        streamed = cell.shape == "streamed" or (cell.shape == "mix" and i % 2 == 0)
+        run_tag = f"{tag}r{i:03d}x"
+        runs.append(Run(f"{prefix}{run_tag}", streamed, run_tag))
+    return runs
+
+
+async def _fill_worker(bench: Bench, tag: str) -> list[Run]:
+    """Filler runs that take the worker's whole concurrency, so that the cell's runs stay queued."""
+    fillers = [Run(f"fill-{tag}f{i:03d}x", False, f"{tag}f{i:03d}x", polled=False) for i in range(RUNS + SLACK)]
+    await _start_all(bench, fillers, await bench.assistant("generating"), None)
+    await _wait_generating(bench, fillers, min_chunks=1)
+    return fillers
+
+
+async def _cancel_all(bench: Bench, runs: list[Run], controls: list[str],
+                      control_tasks: list[asyncio.Task[None]]) -> dict[str, float]:
+    """Cancel each run in turn, PACE apart, closing a baseline stream (control) every len(runs) //
+    CONTROLS cancels; returns each closed control's t0 by its marker."""
+    control_t0: dict[str, float] = {}
+    every = max(1, len(runs) // CONTROLS)
+    for i, run in enumerate(runs, 1):
+        if run.run_id and not run.error:
+            await bench.cancel(run)
+        await asyncio.sleep(PACE)
+        if i % every == 0 and i // every <= CONTROLS:
+            control_t0[controls[i // every - 1]] = time.time()
+            control_tasks[i // every - 1].cancel()
+            await asyncio.sleep(PACE)
+    return control_t0
+
+
+async def _cancel_fillers(bench: Bench, fillers: list[Run]) -> None:
+    for run in fillers:
+        if run.run_id:
+            with contextlib.suppress(Exception):
+                await bench.back.beta.threads.runs.cancel(run.run_id, thread_id=run.thread_id)
 
 
 async def _tick(lags: list[float], every: float = 0.005) -> None:
@@ -491,7 +516,7 @@ async def _check_stored(bench: Bench, cell: Cell) -> None:
     await asyncio.gather(*(check(run) for run in cell.runs if run.get_cancelled and not run.error))
 
 
-async def _start_all(bench: Bench, runs: list[Run], assistant_id: str, resources: dict[str, Any] | None) -> None:
+async def _start_all(bench: Bench, runs: list[Run], assistant_id: str, resources: ToolResources | None) -> None:
     semaphore = asyncio.Semaphore(20)
 
     async def one(run: Run) -> None:
@@ -521,7 +546,7 @@ async def _wait_ended(bench: Bench, runs: list[Run]) -> None:
         await asyncio.sleep(0.1)
 
 
-async def _search_resources(bench: Bench, tag: str) -> dict[str, Any]:
+async def _search_resources(bench: Bench, tag: str) -> ToolResources:
     """One vector store for the cell's runs, with a file that mentions `kiwi`."""
     text = ("Kiwi notes. The kiwi is a flightless bird of New Zealand. " * 20).encode()
     file = await bench.front.files.create(file=(f"kiwi-{tag}.txt", text), purpose="assistants")
@@ -535,44 +560,71 @@ async def _search_resources(bench: Bench, tag: str) -> dict[str, Any]:
 
 def _collect(bench: Bench, cell: Cell, log: list[dict[str, Any]], control_t0: dict[str, float]) -> None:
     figures: dict[str, list[float]] = {"round trip": [], "closed": [], "GET": [], "stream": [], "baseline": []}
-    by_tag: dict[str, dict[str, Any]] = {}
-    for record in log:
-        if m := re.search(r"([0-9a-f]{6}r\d{3}x)", record["marker"]):
-            if record["outcome"] == "client_closed" or m.group(1) not in by_tag:
-                by_tag[m.group(1)] = record
+    by_tag = _upstream_by_tag(log)
     for run in cell.runs:
         if run.error:
             cell.problems.append(f"{run.run_id or run.marker[:30]}: {run.error}")
         if not run.t0:
             continue
-        if run.answered is not None:
-            figures["round trip"].append(run.answered - run.t0)
-            if run.answer_status not in ("cancelling", "cancelled"):
-                cell.problems.append(f"{run.run_id}: cancel answered {run.answer_status}")
-        if run.get_cancelled is not None:
-            figures["GET"].append(run.get_cancelled - run.t0)
-        if run.streamed and cell.state != "requires_action":  # that stream ended at requires_action
-            if run.stream_cancelled is not None:
-                figures["stream"].append(run.stream_cancelled - run.t0)
-            else:
-                cell.problems.append(f"{run.run_id}: the stream got no thread.run.cancelled")
+        _collect_client_side(cell, run, figures)
         if cell.state == "code_interpreter":
-            found = list(bench.dep.code_dir.glob(f"*/sessions/*/data/interrupted-{run.tag}"))
-            if found:
-                figures["closed"].append(float(found[0].read_text()) - run.t0)
-            else:
-                cell.problems.append(f"{run.run_id}: the kernel's code was not interrupted")
+            _collect_interrupted(bench, cell, run, figures)
         elif cell.state in ("generating", "file_search"):
-            record = by_tag.get(run.tag)
-            if record and record["outcome"] == "client_closed":
-                figures["closed"].append(record["ended_wall"] - run.t0)
-            else:
-                cell.problems.append(f"{run.run_id}: upstream outcome {record and record['outcome']!r}")
+            _collect_closed(cell, run, by_tag.get(run.tag), figures)
+    figures["baseline"] = _baseline(log, control_t0)
+    cell.figures = figures
+
+
+def _upstream_by_tag(log: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each run's upstream request by its tag: the one assistd closed, if any, else the first."""
+    by_tag: dict[str, dict[str, Any]] = {}
+    for record in log:
+        m = re.search(r"([0-9a-f]{6}r\d{3}x)", record["marker"])
+        if m and (record["outcome"] == "client_closed" or m.group(1) not in by_tag):
+            by_tag[m.group(1)] = record
+    return by_tag
+
+
+def _collect_client_side(cell: Cell, run: Run, figures: dict[str, list[float]]) -> None:
+    """Round trip, GET and stream: what the clients saw of a cancelled run."""
+    if run.answered is not None:
+        figures["round trip"].append(run.answered - run.t0)
+        if run.answer_status not in ("cancelling", "cancelled"):
+            cell.problems.append(f"{run.run_id}: cancel answered {run.answer_status}")
+    if run.get_cancelled is not None:
+        figures["GET"].append(run.get_cancelled - run.t0)
+    if run.streamed and cell.state != "requires_action":  # that stream ended at requires_action
+        if run.stream_cancelled is not None:
+            figures["stream"].append(run.stream_cancelled - run.t0)
+        else:
+            cell.problems.append(f"{run.run_id}: the stream got no thread.run.cancelled")
+
+
+def _collect_interrupted(bench: Bench, cell: Cell, run: Run, figures: dict[str, list[float]]) -> None:
+    """Closed, in the code_interpreter cell: the clock the code's `except KeyboardInterrupt` wrote."""
+    found = list(bench.dep.code_dir.glob(f"*/sessions/*/data/interrupted-{run.tag}"))
+    if found:
+        figures["closed"].append(float(found[0].read_text()) - run.t0)
+    else:
+        cell.problems.append(f"{run.run_id}: the kernel's code was not interrupted")
+
+
+def _collect_closed(cell: Cell, run: Run, record: dict[str, Any] | None, figures: dict[str, list[float]]) -> None:
+    """Closed: when the fake upstream saw assistd close the run's connection."""
+    if record and record["outcome"] == "client_closed":
+        figures["closed"].append(record["ended_wall"] - run.t0)
+    else:
+        cell.problems.append(f"{run.run_id}: upstream outcome {record and record['outcome']!r}")
+
+
+def _baseline(log: list[dict[str, Any]], control_t0: dict[str, float]) -> list[float]:
+    """The baseline streams' closes, timed like *closed* from each control's t0."""
+    out = []
     for record in log:
         marker = record["marker"].split(" ||| ", 1)[0]
         if marker in control_t0 and record["outcome"] == "client_closed":
-            figures["baseline"].append(record["ended_wall"] - control_t0[marker])
-    cell.figures = figures
+            out.append(record["ended_wall"] - control_t0[marker])
+    return out
 
 
 # ---------------------------------------------------------------- server logs

@@ -146,14 +146,22 @@ def test_cancelling_the_awaiting_task_interrupts_a_busy_loop_and_the_session_sur
     assert ok(after) == "yes\n" and not after.restarted
 
 
+async def _until_exists(root: Path, pattern: str, timeout: float = 30.0) -> None:
+    """Until a file the kernel's code writes shows up: polled, the filesystem has no event to wait on."""
+    deadline = time.monotonic() + timeout
+    while not await asyncio.to_thread(lambda: any(root.glob(pattern))):
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"no {pattern} under {root} after {timeout:.0f} s")
+        await asyncio.sleep(0.05)
+
+
 def test_a_cancelled_call_returns_at_once_and_the_next_call_waits_for_the_interrupt_to_finish(root: Path) -> None:
     code = ("import time\nopen('/mnt/data/started', 'w').close()\ntry:\n    time.sleep(60)\n"
             "except KeyboardInterrupt:\n    time.sleep(0.5)\n    state = 'interrupted and cleaned up'\n")
 
     async def scenario(pool: SessionPool) -> tuple[bool, Output]:
         task = asyncio.create_task(pool.execute("t1", code))
-        while not any(pool.root.glob("sessions/*/data/started")):
-            await asyncio.sleep(0.05)
+        await _until_exists(pool.root, "sessions/*/data/started")
         task.cancel()
         with pytest.raises(asyncio.CancelledError):
             await task

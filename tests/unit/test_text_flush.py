@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -73,7 +74,7 @@ def test_partial_texts_of_many_runs_are_written_in_one_transaction(database_url:
             flusher = TextFlusher(store, period=3600)
             before = store.transactions
             for i, message in enumerate(messages):
-                flusher.due(message["id"], lambda m=message, i=i: _with_text(m, f"partial {i}"))
+                flusher.due(message["id"], functools.partial(_with_text, message, f"partial {i}"))
             await flusher.flush()
             await flusher.close()
             return store.transactions - before, await _texts(store, messages)
