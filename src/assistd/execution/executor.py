@@ -277,6 +277,10 @@ class RunTurn:
         if (part := self.streamed.feed(piece)) is not None:
             self._publish_delta(part)
         self.rt.text_flush.due(self.message["id"], self._text_so_far)
+        if (outage := self.rt.text_flush.outage(self.message["id"])) is not None:
+            # The partial answer can't be kept: stop generating (leaving raises through the
+            # upstream stream's block, which closes the request).
+            raise DatabaseUnavailable(str(outage))
 
     def _sync_text(self) -> None:
         if self.message is not None:

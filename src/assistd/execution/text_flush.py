@@ -16,6 +16,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from assistd.storage.db import DatabaseUnavailable
 from assistd.storage.store import Store
 
 log = logging.getLogger("assistd.executor")
@@ -33,6 +34,9 @@ class TextFlusher:
         self._idle = asyncio.Event()
         self._idle.set()
         self._task: asyncio.Task[None] | None = None
+        # Messages whose last flush found the database out of reach: their turns stop
+        # generating what can't be kept (they fail, saying why, once it is back).
+        self._unreachable: dict[str, DatabaseUnavailable] = {}
 
     def due(self, message_id: str, snapshot: Snapshot) -> None:
         """The message has new text: write it (as `snapshot()` gives it then) with the next flush."""
@@ -40,9 +44,14 @@ class TextFlusher:
         if self._task is None or self._task.done():
             self._task = asyncio.create_task(self._loop(), name="assistd-text-flush")
 
+    def outage(self, message_id: str) -> DatabaseUnavailable | None:
+        """Why the message's last flush failed, when the database was out of reach."""
+        return self._unreachable.get(message_id)
+
     async def forget(self, message_id: str) -> None:
         """No more flushes of this message; returns once none is under way."""
         self._due.pop(message_id, None)
+        self._unreachable.pop(message_id, None)
         while message_id in self._in_flight:
             await self._idle.wait()
 
@@ -61,13 +70,22 @@ class TextFlusher:
         try:
             async with self.store.db.transaction() as tx:
                 await self.store.save_message_bodies(messages, tx)
+            for message_id in batch:
+                self._unreachable.pop(message_id, None)
+        except DatabaseUnavailable as exc:
+            log.warning("could not save the partial text of %d messages: %s", len(messages), exc)
+            self._unreachable.update(dict.fromkeys(batch, exc))
+            self._due_again(batch)
         except Exception:  # the next flush, or the turn's end, writes them
             log.exception("could not save the partial text of %d messages", len(messages))
-            for message_id, snapshot in batch.items():
-                self._due.setdefault(message_id, snapshot)
+            self._due_again(batch)
         finally:
             self._in_flight = frozenset()
             self._idle.set()
+
+    def _due_again(self, batch: dict[str, Snapshot]) -> None:
+        for message_id, snapshot in batch.items():
+            self._due.setdefault(message_id, snapshot)
 
     async def close(self) -> None:
         if self._task is not None:
