@@ -17,6 +17,7 @@ import pytest
 from assistd.execution.code_interpreter import sandbox_problem
 from tests.acceptance.test_code_interpreter import logs, run_code
 from tests.support.fake_upstream import FakeUpstream
+from tests.support.processes import host_pids_ending_with
 
 PROBLEM = sandbox_problem()
 pytestmark = [pytest.mark.timeout(180),
@@ -133,23 +134,13 @@ for argv in (['unshare', '--user', '--pid', '--fork', 'sleep', '4242.5'],
 """
 
 
-def sleepers(mark: str) -> list[int]:
-    """Host pids of processes whose command line ends with `mark`."""
-    found = []
-    for entry in os.listdir("/proc"):
-        with contextlib.suppress(OSError):
-            if entry.isdigit() and Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[-2:-1] == [mark.encode()]:
-                found.append(int(entry))
-    return found
-
-
 def test_processes_in_nested_namespaces_do_not_outlive_their_call(
         client: openai.OpenAI, upstream: FakeUpstream) -> None:
     try:
         run, call = run_code(client, upstream, "hide a process", NESTED_NAMESPACES)
-        left = sleepers("4242.5")
+        left = host_pids_ending_with("4242.5")
     finally:
-        for pid in sleepers("4242.5"):  # whatever happened, leave nothing behind
+        for pid in host_pids_ending_with("4242.5"):  # whatever happened, leave nothing behind
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     assert run.status == "completed"

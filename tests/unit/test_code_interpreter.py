@@ -19,6 +19,7 @@ import pytest
 
 from assistd.execution.code_interpreter import Limits, Output, SessionPool, sandbox_problem
 from assistd.execution.code_interpreter.processes import namespace_members
+from tests.support.processes import host_pids_ending_with
 
 PROBLEM = sandbox_problem()
 pytestmark = pytest.mark.skipif(PROBLEM is not None, reason=f"cannot sandbox here: {PROBLEM}")
@@ -428,15 +429,6 @@ def test_output_flooded_between_calls_is_read_as_it_comes_and_only_output_chars_
     assert "more characters printed since its last call not shown]\n[this call:]\nafter\n" in after.logs
 
 
-def host_processes_ending_with(mark: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        with contextlib.suppress(OSError):
-            if entry.isdigit() and Path(f"/proc/{entry}/cmdline").read_bytes().split(b"\0")[-2:-1] == [mark.encode()]:
-                found.append(int(entry))
-    return found
-
-
 def test_a_process_started_by_a_background_thread_after_its_call_does_not_live_on(root: Path) -> None:
     late = ("import subprocess, threading, time\n"
             "def later():\n    time.sleep(1)\n    subprocess.Popen(['sleep', '4243.5'])\n"
@@ -451,12 +443,12 @@ def test_a_process_started_by_a_background_thread_after_its_call_does_not_live_o
                 break
             await asyncio.sleep(0.05)
         await asyncio.sleep(3)  # the check runs every second
-        return started.exists(), host_processes_ending_with("4243.5")
+        return started.exists(), host_pids_ending_with("4243.5")
 
     try:
         started, left = with_pool(root, scenario)
     finally:
-        for pid in host_processes_ending_with("4243.5"):
+        for pid in host_pids_ending_with("4243.5"):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, 9)
     assert started and left == []

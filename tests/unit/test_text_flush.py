@@ -4,29 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
-
-import pytest
 
 from assistd.domain import objects as o
 from assistd.execution.text_flush import TextFlusher
 from assistd.storage.db import open_database
 from assistd.storage.migrate import migrate
 from assistd.storage.store import Store
-from tests.conftest import BACKENDS
-from tests.support.server import drop_postgres_database, fresh_postgres_url
-
-
-@pytest.fixture(params=BACKENDS)
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'unit.db'}"
-        return
-    url = fresh_postgres_url()
-    yield url
-    drop_postgres_database(url)
 
 
 class CountingStore(Store):
