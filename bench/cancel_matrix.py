@@ -59,8 +59,6 @@ from bench.common import (
     PYTHON,
     Server,
     Upstream,
-    _instrument,
-    _ready_line,
     async_client,
     database,
     free_port,
@@ -71,6 +69,7 @@ from bench.common import (
     run_bounded,
     scratch_dir,
     spawn,
+    upstream_process,
     wait_healthy,
 )
 from bench.scale_out import REDIS_URL, Worker, _stop_all, _wait_worker_ready
@@ -143,14 +142,9 @@ def serve_upstream() -> None:
 
 @contextlib.contextmanager
 def matrix_upstream() -> Iterator[Upstream]:
-    work = scratch_dir("upstream")
     code = "from bench.cancel_matrix import serve_upstream; serve_upstream()"
-    proc = spawn([PYTHON, "-c", code], work / "upstream.log", stdout=subprocess.PIPE, preexec=_instrument)
-    try:
-        yield Upstream(_ready_line(proc, work / "upstream.log"), proc.pid)
-    finally:
-        _stop_all([proc])
-        shutil.rmtree(work, ignore_errors=True)
+    with upstream_process([PYTHON, "-c", code]) as upstream:
+        yield upstream
 
 
 # ---------------------------------------------------------------- deployments

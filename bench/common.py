@@ -136,9 +136,15 @@ class Upstream:
 
 @contextlib.contextmanager
 def fake_upstream(tokens: int, chunk_delay: float) -> Iterator[Upstream]:
+    with upstream_process([PYTHON, "-m", "tests.support.fake_upstream", "--port", "0",
+                           "--tokens", str(tokens), "--chunk-delay", str(chunk_delay)]) as upstream:
+        yield upstream
+
+
+@contextlib.contextmanager
+def upstream_process(cmd: list[str]) -> Iterator[Upstream]:
+    """A fake upstream run by `cmd`, which prints `READY <base url>` once it listens; stopped after."""
     work = scratch_dir("upstream")
-    cmd = [PYTHON, "-m", "tests.support.fake_upstream", "--port", "0",
-           "--tokens", str(tokens), "--chunk-delay", str(chunk_delay)]
     proc = spawn(cmd, work / "upstream.log", stdout=subprocess.PIPE, preexec=_instrument)
     try:
         yield Upstream(_ready_line(proc, work / "upstream.log"), proc.pid)

@@ -46,8 +46,6 @@ from bench.common import (
     PYTHON,
     Server,
     Upstream,
-    _instrument,
-    _ready_line,
     async_client,
     cpu_seconds,
     distribution_line,
@@ -63,6 +61,7 @@ from bench.common import (
     scratch_dir,
     spawn,
     tail,
+    upstream_process,
     wait_healthy,
 )
 
@@ -105,15 +104,10 @@ def serve_upstream(job_tokens: str, job_delay: str, cancel_tokens: str, cancel_d
 
 @contextlib.contextmanager
 def two_reply_upstream() -> Iterator[Upstream]:
-    work = scratch_dir("upstream")
     code = "import sys; from bench.scale_out import serve_upstream; serve_upstream(*sys.argv[1:])"
     args = [str(JOB_TOKENS), str(JOB_DELAY), str(CANCEL_TOKENS), str(CANCEL_DELAY)]
-    proc = spawn([PYTHON, "-c", code, *args], work / "upstream.log", stdout=subprocess.PIPE, preexec=_instrument)
-    try:
-        yield Upstream(_ready_line(proc, work / "upstream.log"), proc.pid)
-    finally:
-        _stop_all([proc])
-        shutil.rmtree(work, ignore_errors=True)
+    with upstream_process([PYTHON, "-c", code, *args]) as upstream:
+        yield upstream
 
 
 # ---------------------------------------------------------------- the deployment
