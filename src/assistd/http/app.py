@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import sqlite3
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
@@ -77,9 +76,6 @@ def create_app(settings: Settings, *, with_worker: bool = True) -> Starlette:
             AssistdError: api_error_handler,  # the domain's errors, and HTTP's own (ApiError)
             ValidationError: validation_handler,
             HTTPException: http_error_handler,
-            # answered without closing the connection, as the catch-all below does (a full disk: 507)
-            OSError: unexpected_handler,
-            sqlite3.Error: unexpected_handler,
             DatabaseUnavailable: database_unavailable_handler,
             Exception: unexpected_handler,
         },

@@ -88,11 +88,15 @@ def _content_type_problem(scope: Scope) -> ApiError | None:
                     "'application/json' requests.", code="unsupported_media_type")
 
 
+def _declared_length(scope: Scope) -> int | None:
+    """The body's Content-Length, when the client sent one that is a number."""
+    length = (_header(scope, b"content-length") or "").strip()
+    return int(length) if length.isdigit() else None
+
+
 def _length_problem(scope: Scope, limit: int) -> ApiError | None:
-    length = _header(scope, b"content-length")
-    if length is not None and length.strip().isdigit() and int(length) > limit:
-        return BodyTooLarge(limit)
-    return None
+    length = _declared_length(scope)
+    return BodyTooLarge(limit) if length is not None and length > limit else None
 
 
 async def _drain(receive: Receive, more: bool = True) -> None:
@@ -111,9 +115,8 @@ async def _drain(receive: Receive, more: bool = True) -> None:
 
 
 def _drainable(scope: Scope) -> bool:
-    length = _header(scope, b"content-length")
-    return _has_body(scope) and not (length is not None and length.strip().isdigit()
-                                     and int(length) > DRAIN_BYTES)
+    length = _declared_length(scope)
+    return _has_body(scope) and not (length is not None and length > DRAIN_BYTES)
 
 
 def _limited(receive: Receive, limit: int) -> Receive:
