@@ -67,7 +67,7 @@ class RunTurn:
         self.tool_step: Obj | None = None
         self.calls: dict[int, Obj] = {}
         self.code_inputs: dict[int, code_tool.InputStream] = {}
-        self.text: list[str] = []
+        self.pieces = 0  # text deltas the upstream sent: the completion estimate without its usage
         self.images: list[Obj] = []  # the message's image_file parts, before its text
         self.streamed: StreamedText | None = None  # the message's text part, as sent
         self.usage: Obj | None = None
@@ -273,7 +273,7 @@ class RunTurn:
         assert self.message is not None
         if self.streamed is None:
             self.streamed = StreamedText(self.steps, len(self.images))
-        self.text.append(piece)
+        self.pieces += 1
         if (part := self.streamed.feed(piece)) is not None:
             self._publish_delta(part)
         self.rt.text_flush.due(self.message["id"], self._text_so_far)
@@ -393,7 +393,7 @@ class RunTurn:
     def _turn_usage(self) -> Obj:
         if self.usage is not None:
             return self.usage
-        completion = len(self.text) + sum(len(c["function"]["arguments"]) // 4 for c in self.calls.values())
+        completion = self.pieces + sum(len(c["function"]["arguments"]) // 4 for c in self.calls.values())
         return {"prompt_tokens": self.prompt_estimate, "completion_tokens": completion,
                 "total_tokens": self.prompt_estimate + completion}
 
