@@ -35,6 +35,37 @@ def test_auto_truncation_drops_the_oldest_until_the_prompt_fits() -> None:
     assert messages[-1]["content"].startswith("9:") and len(messages) < 10
 
 
+def _dropping_one_by_one(thread: list[dict[str, Any]], own: list[dict[str, Any]], budget: int) -> int:
+    """What auto truncation means, measured the slow way: re-estimate after each drop."""
+    dropped = 0
+    while len(thread) - dropped > 1 and prompt.estimate_tokens(thread[dropped:] + own) > budget:
+        dropped += 1
+    return dropped
+
+
+@pytest.mark.parametrize("budget", [0, 50, 200, 351, 900, 2_000, 10**6])
+def test_auto_truncation_keeps_what_re_estimating_after_each_drop_would(budget: int) -> None:
+    sizes = [3, 700, 40, 1_200, 5, 90, 333, 8, 2_500, 60]
+    history = [new_message("thread_1", "user", [text_part("y" * n)]) for n in sizes]
+    thread, own = prompt.conversation(RUN, history, [], [])
+    own = [{"role": "assistant", "content": "z" * 150}]
+    expected = thread[_dropping_one_by_one(thread, own, budget):] + own
+    try:
+        assert prompt.truncate(RUN, [], thread, own, budget) == expected
+    except prompt.PromptTooLong:
+        assert prompt.estimate_tokens(expected) > budget
+
+
+def test_the_estimate_of_a_list_is_its_json_length_in_quarters() -> None:
+    import json
+
+    history = [new_message("thread_1", "user", [text_part("é" * n)]) for n in (0, 1, 77)]
+    thread, _ = prompt.conversation(RUN, history, [], [])
+    for count in range(len(thread) + 1):
+        chars = len(json.dumps(thread[:count], ensure_ascii=False))
+        assert prompt.estimate_tokens(thread[:count]) == chars // 4 + 1
+
+
 def test_a_prompt_that_cannot_fit_is_refused() -> None:
     thread, own = prompt.conversation(RUN, _history(1, size=4000), [], [])
     with pytest.raises(prompt.PromptTooLong):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from assistd.domain.run_state import (
+from assistd.lifecycle.states import (
     ACTIVE,
     CANCELLABLE,
     STREAM_STOPS,

@@ -19,6 +19,7 @@ class SlowStore:
     def __init__(self, broker: LocalBroker, run_id: str) -> None:
         self.broker = broker
         self.run_id = run_id
+        self.runs = self  # the run queries, as Store.runs
 
     async def get_run_by_id(self, run_id: str) -> dict[str, Any]:
         await asyncio.sleep(0.05)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from assistd.domain.ids import new_id, now
@@ -297,7 +298,7 @@ def tool_calls_of(steps: list[Obj], call_type: str) -> list[Obj]:
             for c in s["step_details"]["tool_calls"] if c["type"] == call_type]
 
 
-def attached_file_ids(messages: list[Obj], tool: str) -> list[str]:
+def attached_file_ids(messages: Sequence[Mapping[str, Any]], tool: str) -> list[str]:
     """The files the messages attach for `tool`, each once, in order."""
     found: dict[str, None] = {}
     for message in messages:

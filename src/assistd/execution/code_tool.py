@@ -187,7 +187,7 @@ async def input_file_ids(store: Store, run: Obj) -> list[str]:
     """Files for /mnt/data: the assistant's and thread's resources, and this thread's messages'
     code_interpreter attachments (each once, in that order)."""
     resources = await tool_resource_ids(store, run, NAME, "file_ids")
-    attached = o.attached_file_ids(await store.thread_messages(run["thread_id"]), NAME)
+    attached = o.attached_file_ids(await store.runs.thread_messages(run["thread_id"]), NAME)
     return list(dict.fromkeys([*resources, *attached]))
 
 

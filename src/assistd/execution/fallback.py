@@ -21,8 +21,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from assistd.domain.run_state import STREAM_STOPS, RunStatus
 from assistd.execution.broker import Event, Subscription
+from assistd.lifecycle.states import STREAM_STOPS, RunStatus
 from assistd.storage.db import DatabaseUnavailable
 from assistd.storage.store import Store
 
@@ -132,10 +132,12 @@ class Delivered:
 
 async def read_state(store: Store, run_id: str) -> tuple[Obj, list[Obj], list[Obj]] | None:
     """The run with its messages and steps, or None once it is gone."""
-    run = await store.get_run_by_id(run_id)
+    run = await store.runs.get_run_by_id(run_id)
     if run is None:
         return None
-    return run, await store.run_messages(run_id), await store.run_steps(run_id)
+    messages: list[Obj] = await store.runs.run_messages(run_id)  # type: ignore[assignment]
+    steps: list[Obj] = await store.runs.run_steps(run_id)  # type: ignore[assignment]
+    return dict(run), messages, steps
 
 
 async def delivered_now(store: Store, run_id: str) -> Delivered:

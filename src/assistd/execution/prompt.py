@@ -18,16 +18,36 @@ class PromptTooLong(Exception):
 IMAGE_TOKENS = 765  # what OpenAI counts for a 1024x1024 image in detail: a guess, for budgets
 
 
+CHARS_PER_TOKEN = 4  # the one rule assistd estimates tokens by, without a tokenizer
+
+
+def estimate_text_tokens(chars: int) -> int:
+    """Tokens in `chars` characters of text (a completion whose upstream sent no usage)."""
+    return chars // CHARS_PER_TOKEN
+
+
+def _size(message: Obj) -> tuple[int, int]:
+    """(characters of the message as JSON without its images, images it carries)."""
+    content = message.get("content")
+    if not isinstance(content, list):
+        return len(json.dumps(message, ensure_ascii=False)), 0
+    images = sum(1 for p in content if p.get("type") == "image_url")
+    plain = {**message, "content": [p for p in content if p.get("type") != "image_url"]}
+    return len(json.dumps(plain, ensure_ascii=False)), images
+
+
+def _estimate(chars: int, count: int, images: int) -> int:
+    """The estimate for `count` messages of `chars` characters in all, as one JSON list
+    ("[", the messages joined by ", ", "]"), each image counting IMAGE_TOKENS."""
+    listed = chars + 2 + 2 * max(count - 1, 0)
+    return estimate_text_tokens(listed) + 1 + images * IMAGE_TOKENS
+
+
 def estimate_tokens(messages: list[Obj]) -> int:
-    """A tokenizer-free estimate (about four characters a token), used only for budgets; an
-    image counts IMAGE_TOKENS, however long its `data:` URL."""
-    if not any(isinstance(m.get("content"), list) for m in messages):
-        return len(json.dumps(messages, ensure_ascii=False)) // 4 + 1
-    images = sum(1 for m in messages if isinstance(m.get("content"), list)
-                 for p in m["content"] if p.get("type") == "image_url")
-    plain = [{**m, "content": [p for p in m["content"] if p.get("type") != "image_url"]}
-             if isinstance(m.get("content"), list) else m for m in messages]
-    return len(json.dumps(plain, ensure_ascii=False)) // 4 + 1 + images * IMAGE_TOKENS
+    """A tokenizer-free estimate of a prompt, used only for budgets; an image counts
+    IMAGE_TOKENS, however long its `data:` URL."""
+    sizes = [_size(m) for m in messages]
+    return _estimate(sum(c for c, _ in sizes), len(sizes), sum(i for _, i in sizes))
 
 
 def chat_message(message: Obj, images: dict[str, str] | None = None) -> Obj:
@@ -107,12 +127,24 @@ def truncate(run: Obj, system: list[Obj], thread: list[Obj], own: list[Obj], pro
         n = int(strategy["last_messages"])
         thread = thread[-n:] if n > 0 else []
     if prompt_budget is not None and strategy.get("type") == "auto":
-        while len(thread) > 1 and estimate_tokens(system + thread + own) > prompt_budget:
-            thread = thread[1:]
+        thread = thread[_oldest_kept(system + own, thread, prompt_budget):]
     messages = system + thread + own
     if prompt_budget is not None and estimate_tokens(messages) > prompt_budget:
         raise PromptTooLong()
     return messages
+
+
+def _oldest_kept(kept: list[Obj], thread: list[Obj], budget: int) -> int:
+    """How many of the oldest thread messages to drop (keeping at least one) for the prompt
+    to fit `budget`: each message is measured once, so this is linear in the prompt."""
+    sizes = [_size(m) for m in [*kept, *thread]]
+    chars, count, images = sum(c for c, _ in sizes), len(sizes), sum(i for _, i in sizes)
+    dropped = 0
+    for chars_of, images_of in sizes[len(kept):-1]:
+        if _estimate(chars, count, images) <= budget:
+            break
+        chars, count, images, dropped = chars - chars_of, count - 1, images - images_of, dropped + 1
+    return dropped
 
 
 def function_tools(run: Obj, served: list[Obj] | None = None) -> list[Obj]:

@@ -17,8 +17,8 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from assistd.domain.run_state import STREAM_STOPS
 from assistd.execution.broker import Event, Subscription, serialize
+from assistd.lifecycle.states import STREAM_STOPS
 
 log = logging.getLogger("assistd.events")
 MAX_EVENTS = 100_000

@@ -19,6 +19,7 @@ from assistd.execution.retrieval import Retriever
 from assistd.execution.signals import LocalSignals, PostgresSignals, Signals
 from assistd.execution.text_flush import TextFlusher
 from assistd.execution.upstream import Upstream
+from assistd.lifecycle.changes import Lifecycle
 from assistd.storage import pgvector
 from assistd.storage.db import SQLiteDatabase, open_database
 from assistd.storage.migrate import migrate
@@ -40,9 +41,11 @@ class Runtime:
     code_pool: Any = None  # the code_interpreter sessions, in processes that execute runs and can sandbox
     disk_reserve: DiskReserve | None = None  # SQLite: room for deletes on a full data disk
     text_flush: TextFlusher = field(init=False)  # streaming runs' partial answers, written together
+    lifecycle: Lifecycle = field(init=False)  # how runs change status (lifecycle/changes.py)
 
     def __post_init__(self) -> None:
         self.text_flush = TextFlusher(self.store)
+        self.lifecycle = Lifecycle(self.store.runs, self.broker, self.signals)
 
     @property
     def retriever(self) -> Retriever:

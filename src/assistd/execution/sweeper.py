@@ -17,29 +17,18 @@ import time
 from collections.abc import Callable, Collection
 
 from assistd.domain.ids import now
-from assistd.domain.run_state import RunStatus
 from assistd.execution.runtime import Runtime
-from assistd.execution.settle import settle
+from assistd.lifecycle import changes
+from assistd.lifecycle.changes import Lifecycle
+from assistd.lifecycle.records import LastError
+from assistd.lifecycle.states import RunStatus
 from assistd.storage.db import DatabaseUnavailable
 from assistd.storage.vector_stores import VectorStoreStore
 
 log = logging.getLogger("assistd.sweeper")
 SWEEP_SECONDS = 1.0
 PURGE_EVERY = 60  # sweeps between purges of expired vector stores' chunks
-ORPHANED = {"code": "server_error", "message": "The process executing the run stopped unexpectedly."}
-
-
-async def hand_back(rt: Runtime, run_id: str, holder: str | None = None) -> bool:
-    """Put an `in_progress` run whose turn wrote nothing back in the queue, for any worker
-    (with `holder`: only if that worker still holds it)."""
-    run = await rt.store.transition(run_id, RunStatus.QUEUED, only_from=(RunStatus.IN_PROGRESS.value,),
-                                    holder=holder, worker_id=None, heartbeat_at=None)
-    if run is None:
-        return False
-    rt.broker.publish(run_id, "thread.run.queued", run)
-    await rt.broker.flush()
-    await rt.signals.run_queued()
-    return True
+ORPHANED: LastError = {"code": "server_error", "message": "The process executing the run stopped unexpectedly."}
 
 
 class Sweeper:
@@ -78,27 +67,27 @@ class Sweeper:
         return time.time() - lease
 
     async def sweep(self, orphaned_before: float) -> None:
-        owned = self.owned()
-        for row in await self.rt.store.stale_runs(orphaned_before):
+        owned, lc = self.owned(), self.rt.lifecycle
+        for row in await lc.records.stale_runs(orphaned_before):
             if row["id"] not in owned:
-                await self._settle_orphan(row["id"], RunStatus(row["status"]), row["worker_id"])
-        for row in await self.rt.store.expirable_runs(now()):  # a running turn expires itself
-            await settle(self.rt.store, self.rt.broker, row["id"], RunStatus.EXPIRED, only_from=(row["status"],))
+                await recover_orphan(lc, row["id"], RunStatus(row["status"]), row["worker_id"])
+        for row in await lc.records.expirable_runs(now()):  # a running turn expires itself
+            await changes.settle_alone(lc, row["id"], RunStatus.EXPIRED, status=RunStatus(row["status"]))
         if self._sweeps % PURGE_EVERY == 0:
             for vector_store_id in await VectorStoreStore(self.rt.store.db).purge_expired():
                 log.info("vector store %s expired: its chunks were deleted", vector_store_id)
         self._sweeps += 1
 
-    async def _settle_orphan(self, run_id: str, status: RunStatus, holder: str | None) -> None:
-        """Every change is guarded by the dead worker still holding the run: another sweeper
-        may have handed it back, and a live worker claimed it since."""
-        store, broker = self.rt.store, self.rt.broker
-        if status is RunStatus.CANCELLING:
-            if await settle(store, broker, run_id, RunStatus.CANCELLED, holder=holder, worker_id=None):
-                log.info("run %s was cancelling when its worker died: cancelled", run_id)
-        elif not await store.has_open_step(run_id):
-            if await hand_back(self.rt, run_id, holder):
-                log.info("run %s lost its worker before writing anything: queued again", run_id)
-        elif await settle(store, broker, run_id, RunStatus.FAILED, only_from=(RunStatus.IN_PROGRESS.value,),
-                          holder=holder, last_error=ORPHANED, worker_id=None):
-            log.warning("run %s lost its worker mid-turn: failed", run_id)
+
+async def recover_orphan(lc: Lifecycle, run_id: str, status: RunStatus, holder: str | None) -> None:
+    """A held run whose worker stopped renewing its lease. Every change is guarded by the
+    dead worker still holding the run: another sweeper may have handed it back, and a live
+    worker claimed it since."""
+    if status is RunStatus.CANCELLING:
+        if await changes.settle_alone(lc, run_id, RunStatus.CANCELLED, status=status, holder=holder):
+            log.info("run %s was cancelling when its worker died: cancelled", run_id)
+    elif not await lc.records.has_open_step(run_id):
+        if await changes.hand_back(lc, run_id, holder):
+            log.info("run %s lost its worker before writing anything: queued again", run_id)
+    elif await changes.settle_alone(lc, run_id, RunStatus.FAILED, status=status, holder=holder, error=ORPHANED):
+        log.warning("run %s lost its worker mid-turn: failed", run_id)

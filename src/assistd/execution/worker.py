@@ -14,7 +14,6 @@ import math
 import os
 import socket
 import time
-from typing import Any
 
 from assistd.domain.ids import new_id
 from assistd.execution import code_tool
@@ -22,6 +21,8 @@ from assistd.execution.executor import RunTurn, StopReason
 from assistd.execution.ingest import Ingester
 from assistd.execution.runtime import Runtime
 from assistd.execution.sweeper import Sweeper
+from assistd.lifecycle import changes
+from assistd.lifecycle.records import Run
 from assistd.storage.db import DatabaseUnavailable
 
 log = logging.getLogger("assistd.worker")
@@ -93,23 +94,22 @@ class Worker:
 
     async def _claim_available(self) -> None:
         while not self._stopping and (free := self.concurrency - len(self.turns)) > 0:
-            runs = await self.rt.store.claim_runs(self.id, min(free, CLAIM_BATCH))
+            runs = await changes.start(self.rt.lifecycle, self.id, min(free, CLAIM_BATCH))
             for run in runs:
-                self.rt.broker.publish(run["id"], "thread.run.in_progress", run)
                 self._start_turn(run)
             if len(runs) < min(free, CLAIM_BATCH):
                 return
 
-    def _start_turn(self, run: dict[str, Any]) -> None:
+    def _start_turn(self, run: Run) -> None:
         turn = RunTurn(self.rt, run)
         task = asyncio.create_task(turn.execute(), name=f"run-{run['id']}")
         self.turns[run["id"]] = (turn, task)
         expiry = self._expire_later(run)
         task.add_done_callback(lambda _: self._turn_done(run["id"], expiry))
 
-    def _expire_later(self, run: dict[str, Any]) -> asyncio.TimerHandle | None:
+    def _expire_later(self, run: Run) -> asyncio.TimerHandle | None:
         """Stop the turn at the run's `expires_at`, however the upstream behaves meanwhile."""
-        if run.get("expires_at") is None:
+        if run["expires_at"] is None:
             return None
         delay = max(0.0, float(run["expires_at"]) - time.time())
         return asyncio.get_running_loop().call_later(delay, self.stop_run, run["id"], StopReason.EXPIRE)
@@ -128,7 +128,7 @@ class Worker:
             await asyncio.sleep(min(self.rt.settings.heartbeat_seconds, POLL_SECONDS))
             running = list(self.turns)
             try:
-                held = await self.rt.store.heartbeat(self.id, running, time.time())
+                held = await self.rt.lifecycle.records.heartbeat(self.id, running, time.time())
             except DatabaseUnavailable as exc:
                 log.warning("heartbeat failed, the database is unavailable (%s)", exc)
                 continue

@@ -19,6 +19,8 @@ from assistd.execution.vision import check_images
 from assistd.http.common import ok, page, params, path, runtime
 from assistd.http.models import MetadataModify, RunCreate, SubmitToolOutputs, ThreadAndRunCreate
 from assistd.http.sse import stream_response
+from assistd.lifecycle import changes
+from assistd.lifecycle.records import Run, RunRow
 
 Obj = dict[str, Any]
 EVENT_ID = re.compile(r"\d{1,20}(-\d{1,20})?")
@@ -38,7 +40,7 @@ def _shown(step: Obj, shape: Callable[[Obj], Obj] | None) -> Obj:
     return step if shape is None else shape(step)
 
 
-async def _start(rt: Runtime, run_id: str, stream: bool, insert: Awaitable[Obj], before: list[Event],
+async def _start(rt: Runtime, run_id: str, stream: bool, insert: Awaitable[Run], before: list[Event],
                  shape: Callable[[Obj], Obj] | None = None) -> Response:
     """Insert a new run and answer with it, or with its event stream from `thread.run.created`.
 
@@ -54,7 +56,7 @@ async def _start(rt: Runtime, run_id: str, stream: bool, insert: Awaitable[Obj],
     await rt.signals.run_queued()
     if sub is None:
         return ok(run)
-    return stream_response(rt, sub, [*before, Event("thread.run.created", run), *commands.queued_events(run)],
+    return stream_response(rt, sub, [*before, Event("thread.run.created", run), *changes.queued_events(run)],
                            shape)
 
 
@@ -66,13 +68,16 @@ async def create(request: Request) -> Response:
     row, extra = commands.new_run(rt, thread_id, assistant, data)
     await check_images(rt, extra)
     await attachments.attach_to_thread(rt.store, thread_id, extra)
-    return await _start(rt, row["id"], bool(parsed.stream), rt.store.create_run(row, extra), [], shape)
+    return await _start(rt, row["id"], bool(parsed.stream), _insert_run(rt, None, [], row, extra), [], shape)
 
 
-async def _insert_thread_and_run(rt: Runtime, thread: Obj, messages: list[Obj], row: Obj) -> Obj:
+async def _insert_run(rt: Runtime, thread: Obj | None, messages: list[Obj], row: RunRow,
+                      extra: list[Obj]) -> Run:
+    """The new run (with `thread`, its new thread and messages) in one transaction."""
     async with rt.store.db.transaction() as tx:
-        await rt.store.insert_thread(thread, messages, tx)
-        return await rt.store.create_run(row, [], tx)
+        if thread is not None:
+            await rt.store.insert_thread(thread, messages, tx)
+        return await changes.create(tx, rt.lifecycle.records, row, extra)
 
 
 async def create_thread_and_run(request: Request) -> Response:
@@ -89,31 +94,31 @@ async def create_thread_and_run(request: Request) -> Response:
     thread["tool_resources"] = await attachments.new_thread_resources(
         rt.store, thread["tool_resources"], messages) or {}
     row, _ = commands.new_run(rt, thread["id"], assistant, data)
-    insert = _insert_thread_and_run(rt, thread, messages, row)
+    insert = _insert_run(rt, thread, messages, row, [])
     return await _start(rt, row["id"], bool(parsed.stream), insert, [Event("thread.created", thread)], shape)
 
 
 async def list_(request: Request) -> Response:
     pages, _ = page(request)
-    return ok(await runtime(request).store.list_runs(path(request, "thread_id"), pages))
+    return ok(await runtime(request).store.runs.list_runs(path(request, "thread_id"), pages))
 
 
 async def retrieve(request: Request) -> Response:
-    return ok(await runtime(request).store.get_run(path(request, "thread_id"), path(request, "run_id")))
+    return ok(await runtime(request).store.runs.get_run(path(request, "thread_id"), path(request, "run_id")))
 
 
 async def modify(request: Request) -> Response:
     parsed, _ = await params(request, MetadataModify)
-    store = runtime(request).store
+    runs = runtime(request).store.runs
     thread_id, run_id = path(request, "thread_id"), path(request, "run_id")
     if parsed.metadata is None:
-        return ok(await store.get_run(thread_id, run_id))
-    return ok(await store.update_run_metadata(thread_id, run_id, parsed.metadata))
+        return ok(await runs.get_run(thread_id, run_id))
+    return ok(await runs.update_run_metadata(thread_id, run_id, parsed.metadata))
 
 
 async def cancel(request: Request) -> Response:
     rt = runtime(request)
-    return ok(await commands.cancel_run(rt, path(request, "thread_id"), path(request, "run_id")))
+    return ok(await changes.cancel(rt.lifecycle, path(request, "thread_id"), path(request, "run_id")))
 
 
 async def submit_tool_outputs(request: Request) -> Response:
@@ -124,15 +129,14 @@ async def submit_tool_outputs(request: Request) -> Response:
     delivered = await fallback.delivered_now(rt.store, run_id) if parsed.stream else None
     sub = await rt.broker.subscribe(run_id) if parsed.stream else None
     try:
-        run, steps = await commands.submit_tool_outputs(rt, thread_id, run_id, data["tool_outputs"])
+        run, steps = await changes.submit_tool_outputs(rt.lifecycle, thread_id, run_id, data["tool_outputs"])
     except BaseException:
         if sub is not None:
             await sub.close()
         raise
-    await rt.signals.run_queued()
     if sub is None:
         return ok(run)
-    return stream_response(rt, sub, commands.queued_events(run, steps), shape, delivered)
+    return stream_response(rt, sub, changes.queued_events(run, steps), shape, delivered)
 
 
 async def events(request: Request) -> Response:
@@ -146,13 +150,13 @@ async def events(request: Request) -> Response:
     after = request.headers.get("last-event-id") or request.query_params.get("after")
     if after and not EVENT_ID.fullmatch(after):
         raise invalid(f"Invalid event id '{after}': expected one from a frame's `id:` line, or 0.", "after")
-    await rt.store.get_run(thread_id, run_id)  # 404 for an unknown run
+    await rt.store.runs.get_run(thread_id, run_id)  # 404 for an unknown run
     if after and rt.broker.replays:
         past = None if after == FROM_START else await fallback.delivered_now(rt.store, run_id)
         return stream_response(rt, await rt.broker.subscribe(run_id, after), [], delivered=past)
     sub = await rt.broker.subscribe(run_id)
     try:
-        run = await rt.store.get_run(thread_id, run_id)  # read after subscribing: nothing falls between
+        run = await rt.store.runs.get_run(thread_id, run_id)  # read after subscribing: nothing falls between
         delivered = await fallback.delivered_now(rt.store, run_id)
     except BaseException:
         await sub.close()
@@ -164,15 +168,15 @@ async def list_steps(request: Request) -> Response:
     shape = step_shape(request)
     pages, _ = page(request)
     store = runtime(request).store
-    listed = await store.list_steps(path(request, "thread_id"), path(request, "run_id"), pages)
+    listed = await store.runs.list_steps(path(request, "thread_id"), path(request, "run_id"), pages)
     return ok({**listed, "data": [_shown(step, shape) for step in listed["data"]]})
 
 
 async def retrieve_step(request: Request) -> Response:
     shape = step_shape(request)
     store = runtime(request).store
-    step = await store.get_step(path(request, "thread_id"), path(request, "run_id"), path(request, "step_id"))
-    return ok(_shown(step, shape))
+    step = await store.runs.get_step(path(request, "thread_id"), path(request, "run_id"), path(request, "step_id"))
+    return ok(_shown(dict(step), shape))
 
 
 routes = [

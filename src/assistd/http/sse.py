@@ -10,10 +10,10 @@ from typing import Any
 
 from starlette.responses import StreamingResponse
 
-from assistd.domain.run_state import STREAM_STOPS
 from assistd.execution.broker import Event, Subscription, serialize
 from assistd.execution.fallback import Delivered, Follower, Quiet
 from assistd.execution.runtime import Runtime
+from assistd.lifecycle.states import STREAM_STOPS
 
 log = logging.getLogger("assistd.sse")
 STOP_EVENTS = frozenset(f"thread.run.{status.value}" for status in STREAM_STOPS)

@@ -47,7 +47,7 @@ async def start_turn(store: Store, run: Obj) -> Turn:
              extra={"run_id": run["id"], "thread_id": run["thread_id"]})
     watch = Turn(run)
     if tracing.enabled():
-        parent = tracing.from_traceparent(await store.run_traceparent(run["id"]))
+        parent = tracing.from_traceparent(await store.runs.run_traceparent(run["id"]))
         watch.span = tracing.start_span("run turn", {
             "assistd.run_id": run["id"], "assistd.thread_id": run["thread_id"],
             "gen_ai.request.model": run.get("model") or ""}, parent=parent)
