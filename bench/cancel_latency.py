@@ -43,7 +43,8 @@ CONTROLS = 20  # direct upstream streams, one closed after every RUNS // CONTROL
 PACE = 0.010  # between one cancel's answer and the next cancel
 TOKENS, CHUNK_DELAY = 4000, 0.05  # a run would stream for 200 s: they are all live when cancelled
 TIME_LIMIT = 180.0
-TARGET = "p99 ≤ 100 ms"
+TARGET = "p99 ≤ 25 ms"  # issue 11, for A on SQLite and on PostgreSQL
+TARGET_B = "p99 ≤ 100 ms"  # the earlier target: issue 11 sets none for B
 
 
 @dataclass
@@ -267,7 +268,7 @@ def _render(result: Result, backend: str, tokens: int, chunk_delay: float) -> st
     c = result.checks
     names = [
         ("A: cancel → upstream sees the connection closed", result.closed, TARGET),
-        ("B: cancel → client receives `thread.run.cancelled`", result.cancelled, TARGET),
+        ("B: cancel → client receives `thread.run.cancelled`", result.cancelled, TARGET_B),
         ("cancel request answered (HTTP round trip)", result.answered, "—"),
         (f"control: a direct upstream stream closed by the client ({CONTROLS} of them)", result.control, "—"),
     ]

@@ -17,6 +17,12 @@ chosen by the run's marker message: `job-…` → a short reply, `cancel-…` �
    request (outcome `client_closed`) − t0, B = the stream receiving `thread.run.cancelled` − t0.
 
 CPU seconds of every process (from /proc/<pid>/stat) are read around each phase.
+
+With `--baseline COMMIT` (default a43c4df, the commit issue 11 was filed against; `none` skips it),
+the 1-worker runs/s phase is also measured on that commit's code (bench/baseline.py: its src/ from
+`git archive`, run from the same virtualenv through PYTHONPATH), alternately with the current
+code's, B C C B, each round on a fresh database and processes; the report gives both figures and
+the ratio current ÷ baseline beside issue 11's target, ≥ 2×. Other worker counts are unchanged.
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ from typing import Any, TypeVar
 
 import openai
 
+from bench.baseline import CURRENT, DEFAULT, Code, checkout_label, materialized
 from bench.cancel_latency import Checks, LiveRun, _cancel_one, _check_stored, _check_stream, _follow
 from bench.common import (
     DISTRIBUTION_HEADER,
@@ -71,7 +78,9 @@ RUNS, IN_FLIGHT = 400, 64
 JOB_TOKENS, JOB_DELAY = 20, 0.010  # 200 ms of streaming per run
 CANCELS, CANCEL_PACE = 50, 0.020
 CANCEL_TOKENS, CANCEL_DELAY = 4000, 0.05  # 200 s: every run is live when it is cancelled
-TIME_LIMIT = 290.0  # the whole benchmark
+TIME_LIMIT = 290.0  # the whole benchmark (without a baseline)
+BASELINE_ROUNDS = 2  # 1-worker runs/s rounds of each code when a baseline is compared
+BASELINE_TIME = 60.0  # more time limit for each round the comparison adds
 STREAM_WAIT = 30.0  # for every cancel-phase stream to have a delta
 PHASE_LIMIT = 100.0  # one phase of one worker count
 TARGET = "p99 ≤ 200 ms"
@@ -165,17 +174,18 @@ def _wait_worker_ready(proc: subprocess.Popen[Any], worker: Worker, timeout: flo
 
 
 @contextlib.contextmanager
-def deployment(upstream: Upstream, database_url: str, workers: int, keep_logs: bool = False) -> Iterator[Deployment]:
-    """`assistd migrate`, then API_PROCESSES × `serve --no-worker` and `workers` × `assistd worker`."""
+def deployment(upstream: Upstream, database_url: str, workers: int, keep_logs: bool = False,
+               code: Code = CURRENT) -> Iterator[Deployment]:
+    """`assistd migrate`, then API_PROCESSES × `serve --no-worker` and `workers` × `assistd worker`, of `code`."""
     data = scratch_dir("scale")
-    env = {
+    env = code.env({
         **os.environ, "ASSISTD_DATA_DIR": str(data), "ASSISTD_UPSTREAM_BASE_URL": upstream.base_url,
         "ASSISTD_UPSTREAM_API_KEY": "bench", "ASSISTD_DATABASE_URL": database_url, "ASSISTD_REDIS_URL": REDIS_URL,
         "ASSISTD_SHUTDOWN_GRACE_SECONDS": "2",  # a benchmark that broke off shouldn't wait on live runs
         "ASSISTD_EVENTS_TTL_SECONDS": "600",  # the shared Redis keeps the bench's event streams 10 min, not 1 h
         # 6 processes × (10 + 1 LISTEN) stay under PostgreSQL's default max_connections of 100.
         "ASSISTD_DATABASE_POOL_SIZE": "10",
-    }
+    })
     for name in ("ASSISTD_API_KEYS", "ASSISTD_WORKER_CONCURRENCY"):
         env.pop(name, None)
     procs: list[subprocess.Popen[Any]] = []
@@ -459,10 +469,21 @@ def _collect(result: CancelResult, live: list[LiveRun], log: dict[str, Any]) -> 
 @dataclass
 class Round:
     workers: int
+    code: str = CURRENT.label  # whose assistd: "current" or the baseline's short commit
     throughput: Throughput | None = None
     cancels: CancelResult | None = None
     log_problems: dict[str, list[str]] = field(default_factory=dict)
     connections: dict[str, int] = field(default_factory=dict)  # peak PostgreSQL connections seen
+    error: str = ""
+
+
+@dataclass
+class Comparison:
+    """The 1-worker runs/s of a baseline commit's code and of the current code, measured alternately."""
+
+    commit: str  # as asked for (`a43c4df`)
+    rounds: list[Round] = field(default_factory=list)  # in the order measured
+    current: str = CURRENT.label  # the checkout's commit, for the report
     error: str = ""
 
 
@@ -486,7 +507,8 @@ async def _limit(coro: Coroutine[Any, Any, T], what: str) -> T:
 
 
 async def measure_round(dep: Deployment, one: Round, runs: int, cancels: int) -> None:
-    """Both phases on one deployment; the benchmark's own PostgreSQL connection is taken first."""
+    """Both phases on one deployment (no cancel phase with `cancels` 0); the benchmark's own
+    PostgreSQL connection is taken first."""
     import asyncpg
 
     conn = await asyncpg.connect(dep.database_url, timeout=10)
@@ -494,7 +516,8 @@ async def measure_round(dep: Deployment, one: Round, runs: int, cancels: int) ->
     sampler = asyncio.create_task(_sample_connections(watch, one.connections))
     try:
         one.throughput = await _limit(measure_throughput(dep, conn, runs), "the runs/s phase")
-        one.cancels = await _limit(measure_cancels(dep, conn, cancels), "the cancel phase")
+        if cancels:
+            one.cancels = await _limit(measure_cancels(dep, conn, cancels), "the cancel phase")
     finally:
         sampler.cancel()
         await asyncio.gather(sampler, return_exceptions=True)
@@ -502,28 +525,83 @@ async def measure_round(dep: Deployment, one: Round, runs: int, cancels: int) ->
         await conn.close()
 
 
-def run(workers: tuple[int, ...] = WORKERS, runs: int = RUNS, cancels: int = CANCELS, keep_logs: bool = False) -> str:
-    """Every worker count on a fresh database, one after the other, within TIME_LIMIT seconds."""
-    deadline = time.monotonic() + TIME_LIMIT
-    rounds, kept = [], []
-    with two_reply_upstream() as upstream:
-        for count in workers:
-            rounds.append(one := Round(count))
-            if deadline - time.monotonic() < 30:
-                one.error = f"skipped: the benchmark had used its {TIME_LIMIT:.0f} s"
-                continue
+@dataclass
+class Plan:
+    """What every round of one invocation shares."""
+
+    upstream: Upstream
+    runs: int
+    cancels: int
+    keep_logs: bool
+    deadline: float  # time.monotonic() by which the benchmark ends
+    limit: float  # its whole time limit, for the report
+    kept: list[str] = field(default_factory=list)  # log paths kept
+
+
+def _measure(plan: Plan, one: Round, code: Code = CURRENT, cancels: int | None = None) -> None:
+    """One round on a fresh database and deployment of `code`; a failure is written into `one`."""
+    if plan.deadline - time.monotonic() < 30:
+        one.error = f"skipped: the benchmark had used its {plan.limit:.0f} s"
+        return
+    try:
+        with postgres_database() as url, deployment(plan.upstream, url, one.workers, plan.keep_logs, code) as dep:
             try:
-                with postgres_database() as url, deployment(upstream, url, count, keep_logs) as dep:
-                    try:
-                        run_bounded(measure_round(dep, one, runs, cancels),
-                                    min(2 * PHASE_LIMIT, deadline - time.monotonic()))
-                    finally:
-                        one.log_problems = {name: log_problems(path) for name, path in dep.logs()}
-                        kept += [f"{name}: {path}" for name, path in dep.logs()] if keep_logs else []
-            except Exception as exc:  # noqa: BLE001 - one broken round must not hide the others
-                one.error = error_text(exc)[:600]
-    output = render(rounds, runs, cancels)
-    return output if not kept else "logs kept:\n  " + "\n  ".join(kept) + "\n" + output
+                run_bounded(measure_round(dep, one, plan.runs, plan.cancels if cancels is None else cancels),
+                            min(2 * PHASE_LIMIT, plan.deadline - time.monotonic()))
+            finally:
+                one.log_problems = {name: log_problems(path) for name, path in dep.logs()}
+                label = "" if code is CURRENT else f"{code.label} "
+                plan.kept += [f"{label}{name}: {path}" for name, path in dep.logs()] if plan.keep_logs else []
+    except Exception as exc:  # noqa: BLE001 - one broken round must not hide the others
+        one.error = error_text(exc)[:600]
+
+
+def _compare_one_worker(plan: Plan, old: Code, comparison: Comparison, rounds_each: int) -> Round:
+    """1 worker, baseline and current code alternately (B C C B …, so a drift in the machine's
+    speed weighs on both alike), each round on a fresh database and processes. The current
+    code's first round also has the cancel phase: it is the 1-worker round of the main table."""
+    main_round: Round | None = None
+    for i in range(rounds_each):
+        for code in (old, CURRENT) if i % 2 == 0 else (CURRENT, old):
+            first_current = code is CURRENT and main_round is None
+            one = Round(1, code.label)
+            _measure(plan, one, code, None if first_current else 0)
+            comparison.rounds.append(one)
+            main_round = one if first_current else main_round
+    assert main_round is not None
+    return main_round
+
+
+@contextlib.contextmanager
+def _baseline_code(commit: str, comparison: Comparison) -> Iterator[Code | None]:
+    """The baseline commit's code for the block; None (and the reason in `comparison`) if it can't be had."""
+    with contextlib.ExitStack() as stack:
+        try:
+            old: Code | None = stack.enter_context(materialized(commit))
+        except Exception as exc:  # noqa: BLE001 - the current code is measured all the same
+            comparison.error = f"baseline {commit} not materialized: {error_text(exc)[:400]}"
+            old = None
+        yield old
+
+
+def run(workers: tuple[int, ...] = WORKERS, runs: int = RUNS, cancels: int = CANCELS, keep_logs: bool = False,
+        baseline: str = DEFAULT, baseline_rounds: int = BASELINE_ROUNDS) -> str:
+    """Every worker count on a fresh database, one after the other, within the time limit; with a
+    `baseline` commit ("" for none), the 1-worker runs/s of that commit's code beside the current's."""
+    compare = bool(baseline) and 1 in workers
+    limit = TIME_LIMIT + (BASELINE_TIME * (2 * baseline_rounds - 1) if compare else 0)
+    comparison = Comparison(baseline, current=checkout_label())
+    rounds: list[Round] = []
+    with two_reply_upstream() as upstream, _baseline_code(baseline if compare else "", comparison) as old:
+        plan = Plan(upstream, runs, cancels, keep_logs, time.monotonic() + limit, limit)
+        for count in workers:
+            if count == 1 and old is not None:
+                rounds.append(_compare_one_worker(plan, old, comparison, baseline_rounds))
+            else:
+                rounds.append(one := Round(count))
+                _measure(plan, one)
+    output = render(rounds, runs, cancels, comparison if compare else None)
+    return output if not plan.kept else "logs kept:\n  " + "\n  ".join(plan.kept) + "\n" + output
 
 
 # ---------------------------------------------------------------- rendering
@@ -594,8 +672,9 @@ def _cancel_part(c: CancelResult) -> tuple[list[str], list[str]]:
     return lines, md
 
 
-def _round_part(r: Round, base: float) -> tuple[list[str], list[str]]:
-    lines, md = [f"-- {r.workers} worker(s)"], [f"#### {r.workers} worker{'s' if r.workers > 1 else ''}", ""]
+def _round_part(r: Round, base: float, name: str = "") -> tuple[list[str], list[str]]:
+    name = name or f"{r.workers} worker{'s' if r.workers > 1 else ''}"
+    lines, md = [f"-- {name}"], [f"#### {name}", ""]
     if r.error:
         lines.append(f"error: {r.error}")
         md += [f"Error: `{r.error}`", ""]
@@ -619,7 +698,59 @@ def _round_part(r: Round, base: float) -> tuple[list[str], list[str]]:
     return lines, md
 
 
-def render(rounds: list[Round], runs: int, cancels: int) -> str:
+def _assistd_cpu_per_run(t: Throughput) -> float:
+    """CPU seconds of the API and worker processes per completed run (less noisy than runs/s on a busy machine)."""
+    used = sum(v for k, v in t.cpu.items() if k.startswith(("api ", "worker ")))
+    return used / t.completed if t.completed else float("nan")
+
+
+def _code_row(name: str, measured: list[tuple[int, Round]]) -> tuple[str, str, float]:
+    """One code's figures in the comparison: each round's runs/s (#its place in the order), their mean;
+    as a plain line and as a markdown row."""
+    done = [(i, r.throughput) for i, r in measured if r.throughput and r.throughput.completed]
+    mean = sum(t.per_second for _, t in done) / len(done) if done else 0.0
+    each = ", ".join(f"{t.per_second:.1f} (#{i})" for i, t in done) or "–"
+    failures = sum(len(r.throughput.failures) for _, r in measured if r.throughput)
+    errors = sum(1 for _, r in measured if r.error)
+    cpu = ", ".join(f"{_assistd_cpu_per_run(t) * 1000:.1f}" for _, t in done) or "–"
+    line = (f"{name}: {mean:.1f} runs/s (rounds: {each}); {failures} failed runs, {errors} failed rounds; "
+            f"assistd CPU per run (API + worker): {cpu} ms")
+    return line, f"| {name} | **{mean:.1f}** | {each} | {failures} | {errors} | {cpu} |", mean
+
+
+def _comparison_part(comp: Comparison) -> tuple[list[str], list[str]]:
+    """The issue-11 figure: 1-worker runs/s of the current code ÷ the baseline commit's, same run."""
+    title = f"1 worker, runs/s: the current code vs the baseline {comp.commit}, measured alternately in this run"
+    if comp.error or not comp.rounds:
+        why = comp.error or "no 1-worker round was measured"
+        return [f"-- {title}", f"error: {why}"], [f"#### {title}", "", f"Error: `{why}`", ""]
+    places = list(enumerate(comp.rounds, 1))
+    old = [(i, r) for i, r in places if r.code != CURRENT.label]
+    new = [(i, r) for i, r in places if r.code == CURRENT.label]
+    old_line, old_row, old_mean = _code_row(f"baseline `{old[0][1].code}`", old)
+    new_line, new_row, new_mean = _code_row(comp.current, new)
+    ratio = f"{new_mean / old_mean:.2f}" if old_mean and new_mean else "–"
+    order = " ".join("B" if r.code != CURRENT.label else "C" for r in comp.rounds)
+    verdict = f"ratio current ÷ baseline: {ratio} (target ≥ 2×)"
+    how = (f"Order of the rounds: {order} (B = baseline, C = current), each on a fresh database and fresh "
+           "processes of its code (`git archive` of the commit's src/, imported through PYTHONPATH from the "
+           "same virtualenv), same fake upstream, client and method; the current code's first round is the "
+           "1-worker round below (it also has the cancel phase).")
+    table = ["| code | runs/s (mean) | each round (#place) | failed runs | failed rounds | "
+             "assistd CPU ms per run (API + worker), each round |", "| --- | --- | --- | --- | --- | --- |",
+             old_row, new_row]
+    lines = [f"-- {title}", old_line, new_line, verdict, how]
+    md = [f"#### {title}", "", *table, "", f"**{verdict}**", "", how, ""]
+    for i, r in places:
+        if r is not new[0][1]:
+            baseline = "baseline " if r.code != CURRENT.label else ""
+            part = _round_part(r, 0.0, f"1 worker, {baseline}`{r.code}` code, round #{i}")
+            lines += part[0]
+            md += part[1]
+    return lines, md
+
+
+def render(rounds: list[Round], runs: int, cancels: int, comparison: Comparison | None = None) -> str:
     base = next((r.throughput.per_second for r in rounds if r.workers == 1 and r.throughput), 0.0)
     summary = ["| workers | runs/s | ratio vs 1 worker | failures | create→completed p50 / p99 | "
                f"cancel A p50 / p99 (target {TARGET}) | cancel B p50 / p99 |",
@@ -663,9 +794,10 @@ def render(rounds: list[Round], runs: int, cancels: int) -> str:
             f"{API_PROCESSES} API processes, the workers, PostgreSQL and Redis: with 4 workers on 2 cores the "
             "figures measure contention as much as scaling. CPU seconds per process (from /proc/<pid>/stat; "
             "postgres and redis-server machine-wide) show where the time went.")
-    markdown = [f"### {title}", "", setup, "", note, "", *summary, "",
+    compared: tuple[list[str], list[str]] = _comparison_part(comparison) if comparison else ([], [])
+    markdown = [f"### {title}", "", setup, "", note, "", *compared[1], *summary, "",
                 "CPU seconds in the runs/s phase (available = 2 cores × its wall time):", "", *cpu, "", *details]
-    return report(title, [setup, note, *lines], markdown)
+    return report(title, [setup, note, *compared[0], *lines], markdown)
 
 
 if __name__ == "__main__":
@@ -674,6 +806,12 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=RUNS, help="runs in the runs/s phase")
     parser.add_argument("--cancels", type=int, default=CANCELS, help="runs cancelled in the cancel phase")
     parser.add_argument("--keep-logs", action="store_true", help="keep the assistd processes' logs (paths printed)")
+    parser.add_argument("--baseline", default=DEFAULT, metavar="COMMIT",
+                        help=f"measure the 1-worker runs/s of this commit's code too, alternately (default {DEFAULT}; "
+                             "`none` skips)")
+    parser.add_argument("--baseline-rounds", type=int, default=BASELINE_ROUNDS, metavar="N",
+                        help="1-worker runs/s rounds of each code, in B C C B … order")
     args = parser.parse_args()
     counts = tuple(int(w) for w in args.workers.split(",") if w.strip())
-    main(lambda: run(counts, args.runs, args.cancels, args.keep_logs))
+    baseline = "" if args.baseline.lower() in ("", "none") else args.baseline
+    main(lambda: run(counts, args.runs, args.cancels, args.keep_logs, baseline, max(1, args.baseline_rounds)))
