@@ -14,9 +14,6 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
-from openai.types.chat import ChatCompletionChunk
-from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
-
 from assistd.domain import objects as o
 from assistd.domain.ids import new_id, now
 from assistd.domain.run_state import RunStatus
@@ -25,7 +22,7 @@ from assistd.execution.message_parts import StreamedText, image_delta
 from assistd.execution.runtime import Runtime
 from assistd.execution.settle import Settled, run_usage, settle_in
 from assistd.execution.sweeper import hand_back
-from assistd.execution.upstream import UpstreamError
+from assistd.execution.upstream import Chunk, ToolCallDelta, UpstreamError
 from assistd.observability import runs as observed
 from assistd.storage.db import DatabaseUnavailable
 from assistd.storage.files import FileStore
@@ -210,20 +207,21 @@ class RunTurn:
             return {**self.run, "tool_choice": "auto"}
         return self.run
 
-    async def _on_chunk(self, chunk: ChatCompletionChunk) -> None:
-        if chunk.usage is not None:
+    async def _on_chunk(self, chunk: Chunk) -> None:
+        if (usage := chunk.get("usage")) is not None:
             self.usage = {
-                "prompt_tokens": chunk.usage.prompt_tokens,
-                "completion_tokens": chunk.usage.completion_tokens,
-                "total_tokens": chunk.usage.total_tokens,
+                "prompt_tokens": usage["prompt_tokens"],
+                "completion_tokens": usage["completion_tokens"],
+                "total_tokens": usage["total_tokens"],
             }
-        for choice in chunk.choices:
-            if choice.delta.content:
-                await self._on_text(choice.delta.content)
-            if choice.delta.tool_calls:
-                await self._on_tool_calls(choice.delta.tool_calls)
-            if choice.finish_reason:
-                self.finish_reason = choice.finish_reason
+        for choice in chunk.get("choices") or ():
+            delta = choice["delta"]
+            if content := delta.get("content"):
+                await self._on_text(content)
+            if tool_calls := delta.get("tool_calls"):
+                await self._on_tool_calls(tool_calls)
+            if finish_reason := choice.get("finish_reason"):
+                self.finish_reason = finish_reason
 
     # ------------------------------------------------------------ text
 
@@ -308,26 +306,26 @@ class RunTurn:
         self.publish("thread.run.step.in_progress", step)
         return step
 
-    async def _on_tool_calls(self, deltas: list[ChoiceDeltaToolCall]) -> None:
+    async def _on_tool_calls(self, deltas: list[ToolCallDelta]) -> None:
         step = self.tool_step or await self._open_tool_step()
         for delta in deltas:
-            first = delta.index not in self.calls
-            call = self.calls.setdefault(delta.index, {
+            first = delta["index"] not in self.calls
+            call = self.calls.setdefault(delta["index"], {
                 "id": new_id("call"), "type": "function",
                 "function": {"name": "", "arguments": "", "output": None},
             })
-            name = (delta.function.name if delta.function else None) or ""
-            arguments = (delta.function.arguments if delta.function else None) or ""
+            name = (delta.get("function") or {}).get("name") or ""
+            arguments = (delta.get("function") or {}).get("arguments") or ""
             call["function"]["name"] += name
             call["function"]["arguments"] += arguments
-            entry: Obj = {"index": delta.index, "type": "function",
+            entry: Obj = {"index": delta["index"], "type": "function",
                           "function": {"name": name, "arguments": arguments, "output": None}}
             if first:
                 entry["id"] = call["id"]
             if self._is_search(call):  # shown as a file_search call when it is answered
                 continue
             if self._is_code(call):
-                self._publish_code_input(step, delta.index, call, arguments, first)
+                self._publish_code_input(step, delta["index"], call, arguments, first)
                 continue
             self.publish("thread.run.step.delta", {
                 "id": step["id"], "object": "thread.run.step.delta",
