@@ -6,6 +6,8 @@ connection closed as soon as the block is left."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import re
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -121,6 +123,39 @@ def test_events_are_the_same_however_the_body_is_cut() -> None:
     assert whole == [b'{"a": 1}', b"[1,\n2]", b"{}", "\u2028".encode()]
     events = _Events()
     assert [event for i in range(len(body)) for event in events.feed(body[i:i + 1])] == whole
+
+
+def test_a_finished_stream_gives_its_keep_alive_connection_back_for_the_next_request() -> None:
+    # The fake upstream closes every connection; this server keeps it, as OpenAI's does.
+    chunk = b'{"choices": [{"index": 0, "delta": {"content": "hi"}, "finish_reason": "stop"}]}'
+    body = b"data: " + chunk + b"\n\ndata: [DONE]\n\n"
+    connections: list[asyncio.Task[None]] = []
+
+    async def answer_each_request(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        connections.append(task)
+        with contextlib.suppress(asyncio.IncompleteReadError, ConnectionError):
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                await reader.readexactly(int(re.findall(rb"(?i)content-length: *(\d+)", head)[0]))
+                writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: text/event-stream\r\nTransfer-Encoding: chunked\r\n\r\n"
+                             b"%x\r\n%s\r\n0\r\n\r\n" % (len(body), body))
+        writer.close()
+
+    async def main() -> list[str]:
+        server = await asyncio.start_server(answer_each_request, "127.0.0.1", 0)
+        client = Upstream(Settings(upstream_base_url=f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}/v1"))
+        texts = []
+        for _ in range(3):
+            async with client.stream(request("again")) as chunks:
+                texts.append(text_of([chunk async for chunk in chunks]))
+        await client.close()
+        server.close()
+        await asyncio.wait_for(asyncio.gather(*connections), 5)  # each ends when the client closes it
+        return texts
+
+    assert asyncio.run(main()) == ["hi"] * 3
+    assert len(connections) == 1
 
 
 # ---------------------------------------------------------------- failures
