@@ -54,7 +54,7 @@ DEFAULT_MODELS = ({"id": "fake-model", "object": "model", "created": 0, "owned_b
 class Reply:
     """One scripted answer. Build it with the constructors, not the fields."""
 
-    kind: str  # text | tool_calls | error | drop | hang | stream_error | keep_alive | refuse
+    kind: str  # text | tool_calls | error | drop | hang | stream_error | keep_alive | refuse | raw_data
     chunks: tuple[str, ...] = ()  # content deltas (for tool_calls: text sent before the calls)
     calls: tuple[tuple[str, str], ...] = ()  # (function name, arguments JSON)
     chunk_delay: float = 0.0
@@ -67,6 +67,7 @@ class Reply:
     before_headers: bool = False  # hang: send nothing at all
     keep_alive_every: float = 0.0  # keep_alive: seconds between SSE comments
     headers: tuple[tuple[str, str], ...] = ()  # extra response headers (e.g. Retry-After)
+    raw: tuple[bytes, ...] = ()  # raw_data: SSE bytes sent as they are, after the content chunks
 
     @staticmethod
     def text(text: str = "", *, chunk_delay: float = 0.0, chunks: list[str] | None = None,
@@ -118,6 +119,14 @@ class Reply:
         return Reply("stream_error", tuple(f"part{i} " for i in range(after_chunks)), message=message,
                      error_type="server_error", finish_reason=None)
 
+    @staticmethod
+    def raw_data(*events: bytes | str, after_chunks: int = 1, finish_reason: str | None = "stop") -> Reply:
+        """Stream `after_chunks` content chunks, then each event as `data: <event>` exactly as
+        given (malformed JSON, unescaped characters), then the usual end (finish, usage, [DONE]).
+        A bytes event is sent whole, line endings included."""
+        raw = tuple(e if isinstance(e, bytes) else b"data: " + e.encode() + b"\n\n" for e in events)
+        return Reply("raw_data", tuple(f"part{i} " for i in range(after_chunks)), finish_reason=finish_reason,
+                     raw=raw)
 
     @staticmethod
     def keep_alive(*, every: float = 2.0, after_chunks: int = 0) -> Reply:
@@ -556,6 +565,7 @@ async def _send_stream(record: RequestRecord, reply: Reply, writer: asyncio.Stre
         await asyncio.Future()  # until the client leaves
     if reply.kind == "keep_alive":
         await _keep_alive(record, reply, writer)
+    writer.write(b"".join(map(_chunked, reply.raw)))  # raw_data's events
     if reply.kind == "stream_error":
         writer.write(_chunked(b"data: " + json.dumps(_error_body(500, reply.message)).encode() + b"\n\n"))
         writer.write(_chunked(b""))

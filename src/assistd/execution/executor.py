@@ -19,16 +19,13 @@ import logging
 from collections.abc import Awaitable
 from typing import Any
 
-from openai.types.chat import ChatCompletionChunk
-from openai.types.chat.chat_completion_chunk import ChoiceDeltaToolCall
-
 from assistd.domain import objects as o
 from assistd.domain.ids import now
 from assistd.execution import code_tool, file_search, prompt, vision
 from assistd.execution.call_state import CallState
 from assistd.execution.message_parts import StreamedText, image_delta
 from assistd.execution.runtime import Runtime
-from assistd.execution.upstream import UpstreamError
+from assistd.execution.upstream import Chunk, ToolCallDelta, UpstreamError
 from assistd.lifecycle import changes
 from assistd.lifecycle.changes import Left, Settled
 from assistd.lifecycle.outcome import Next, Outcome, budgets, decide
@@ -213,20 +210,21 @@ class RunTurn:
             return {**run, "tool_choice": "auto"}
         return run
 
-    async def _on_chunk(self, chunk: ChatCompletionChunk) -> None:
-        if chunk.usage is not None:
+    async def _on_chunk(self, chunk: Chunk) -> None:
+        if (usage := chunk.get("usage")) is not None:
             self.call.usage = {
-                "prompt_tokens": chunk.usage.prompt_tokens,
-                "completion_tokens": chunk.usage.completion_tokens,
-                "total_tokens": chunk.usage.total_tokens,
+                "prompt_tokens": usage["prompt_tokens"],
+                "completion_tokens": usage["completion_tokens"],
+                "total_tokens": usage["total_tokens"],
             }
-        for choice in chunk.choices:
-            if choice.delta.content:
-                await self._on_text(choice.delta.content)
-            if choice.delta.tool_calls:
-                await self._on_tool_calls(choice.delta.tool_calls)
-            if choice.finish_reason:
-                self.call.finish_reason = choice.finish_reason
+        for choice in chunk.get("choices") or ():
+            delta = choice["delta"]
+            if content := delta.get("content"):
+                await self._on_text(content)
+            if tool_calls := delta.get("tool_calls"):
+                await self._on_tool_calls(tool_calls)
+            if finish_reason := choice.get("finish_reason"):
+                self.call.finish_reason = finish_reason
 
     # ------------------------------------------------------------ text
 
@@ -312,24 +310,24 @@ class RunTurn:
         self.publish("thread.run.step.in_progress", step)
         return step
 
-    async def _on_tool_calls(self, deltas: list[ChoiceDeltaToolCall]) -> None:
+    async def _on_tool_calls(self, deltas: list[ToolCallDelta]) -> None:
         step = self.call.tool_step or await self._open_tool_step()
         for delta in deltas:
-            name = (delta.function.name if delta.function else None) or ""
-            arguments = (delta.function.arguments if delta.function else None) or ""
-            call, first = self.call.add_call_piece(delta.index, name, arguments)
+            index, function = delta["index"], delta.get("function") or {}
+            name, arguments = function.get("name") or "", function.get("arguments") or ""
+            call, first = self.call.add_call_piece(index, name, arguments)
             if self.call.is_search(call):  # shown as a file_search call when it is answered
                 continue
             entry: Obj
             if self.call.is_code(call):  # the code as the model writes it, as the call's `input`
-                piece = self.call.code_inputs.setdefault(delta.index, code_tool.InputStream()).feed(arguments)
+                piece = self.call.code_inputs.setdefault(index, code_tool.InputStream()).feed(arguments)
                 if not piece and not first:
                     continue
-                entry = {"index": delta.index, "type": code_tool.NAME, code_tool.NAME: {"input": piece}}
+                entry = {"index": index, "type": code_tool.NAME, code_tool.NAME: {"input": piece}}
                 if first:
                     entry[code_tool.NAME]["outputs"] = []
             else:
-                entry = {"index": delta.index, "type": "function",
+                entry = {"index": index, "type": "function",
                          "function": {"name": name, "arguments": arguments, "output": None}}
             if first:
                 entry["id"] = call["id"]

@@ -2,23 +2,29 @@
 
 Streaming is what lets a cancel stop generation at once: closing the response closes
 the connection, and the upstream server sees the client go away.
+
+The SDK sends the request (its status errors and connection errors are what `classify` and
+the retries know), but the streamed body is read here: each `data:` event is parsed with
+`json.loads` into a plain dict (`Chunk`). Building the SDK's pydantic chunk objects cost most
+of the CPU of a busy process (thousands of chunks a second), which stalled the event loop.
 """
 
 from __future__ import annotations
 
 import asyncio
 import email.utils
+import json
 import logging
 import random
+import sys
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import aclosing, asynccontextmanager
+from typing import Any, Required, TypedDict, cast
 from urllib.parse import urlsplit
 
 import openai
 from openai import _constants
-from openai.types.chat import ChatCompletionChunk
 
 from assistd.config import Settings
 
@@ -27,6 +33,52 @@ RETRY_STATUSES = frozenset({408, 409, 429})  # and every 5xx
 BACKOFF_SECONDS = 0.5  # the first wait; it doubles with each retry, with full jitter
 MAX_BACKOFF_SECONDS = 30.0
 MAX_RETRY_AFTER_SECONDS = 60.0  # a longer Retry-After is not waited for: the run fails
+DRAIN_SECONDS = 0.1  # after [DONE], how long the rest of the body may take (to keep the connection)
+EXCERPT_CHARS = 200  # of an unreadable event, quoted in the run's last_error
+USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+
+
+class FunctionDelta(TypedDict, total=False):
+    name: str | None
+    arguments: str | None  # a piece of the JSON arguments
+
+
+class ToolCallDelta(TypedDict, total=False):
+    index: Required[int]  # which call of the completion the piece belongs to
+    id: str | None
+    type: str | None
+    function: FunctionDelta | None
+
+
+class ChunkDelta(TypedDict, total=False):
+    role: str | None
+    content: str | None
+    refusal: str | None
+    tool_calls: list[ToolCallDelta] | None
+    reasoning_content: str | None  # what reasoning models think before answering (DeepSeek, vLLM)
+    reasoning: str | None  # the same, by another name (OpenRouter, Ollama)
+
+
+class ChunkChoice(TypedDict, total=False):
+    index: int
+    delta: Required[ChunkDelta]
+    finish_reason: str | None
+
+
+class ChunkUsage(TypedDict):
+    prompt_tokens: int
+    completion_tokens: int
+    total_tokens: int
+
+
+class Chunk(TypedDict, total=False):
+    """One streamed `chat.completion.chunk`, as parsed JSON: only the fields assistd reads are
+    described (and checked, see `_misshapen`); any others are there too, unread."""
+
+    id: str
+    model: str
+    choices: list[ChunkChoice]
+    usage: ChunkUsage | None
 
 
 class UpstreamError(Exception):
@@ -132,21 +184,34 @@ class Upstream:
 
     @asynccontextmanager
     async def stream(self, request: dict[str, Any], *,
-                     deadline: float | None = None) -> AsyncIterator[AsyncIterator[ChatCompletionChunk]]:
+                     deadline: float | None = None) -> AsyncIterator[AsyncIterator[Chunk]]:
         """Open a streamed completion; leaving the block closes the connection. Connecting is
         retried (see `connect`) until `deadline` (epoch seconds: the run's expires_at)."""
-        stream = await self.connect(request, deadline)
-        async with stream:
-            yield _guarded(stream, self.idle_timeout)
+        response = await self.connect(request, deadline)
+        chunks = _chunks(response)
+        guarded = _guarded(chunks, self.idle_timeout)
+        try:
+            yield guarded
+        finally:
+            await response.close()  # first: this is what stops the generation
+            await guarded.aclose()
+            await chunks.aclose()
 
-    async def connect(self, request: dict[str, Any], deadline: float | None = None) -> Any:
+    async def connect(self, request: dict[str, Any], deadline: float | None = None) -> openai.AsyncAPIResponse[Any]:
         """Start the completion, retrying connection errors and 408/409/429/5xx answers (which
         come before any streamed byte) up to `max_retries` times, never waiting past
-        `deadline`. Cancelling the task ends a wait at once."""
+        `deadline`. Cancelling the task ends a wait at once.
+
+        The answer's status is checked (an error raises the SDK's APIStatusError) but its body
+        is left unread, for `_chunks`; the caller closes it.
+        """
         attempt = 0
         while True:
+            opening = self.client.chat.completions.with_streaming_response.create(**request, stream=True)
             try:
-                return await self.client.chat.completions.create(**request, stream=True)
+                # Entering sends the request; closing the response is all its exit would do.
+                response: openai.AsyncAPIResponse[Any] = await opening.__aenter__()
+                return response
             except openai.APIError as exc:
                 if not retryable(exc):
                     raise classify(exc) from exc
@@ -163,7 +228,157 @@ class Upstream:
         await self.client.close()
 
 
-async def _guarded(stream: AsyncIterator[ChatCompletionChunk], idle: float) -> AsyncIterator[ChatCompletionChunk]:
+async def _chunks(response: openai.AsyncAPIResponse[Any]) -> AsyncGenerator[Chunk, None]:
+    """The completion's chunks, until `data: [DONE]`; an error event or an unreadable one
+    raises UpstreamError."""
+    events = _Events()
+    async with aclosing(_body(response)) as body:
+        async for received in body:
+            for data in events.feed(received):
+                if data.startswith(b"[DONE]"):
+                    await _drain(body)
+                    return
+                yield _parsed(data)
+
+
+async def _body(response: openai.AsyncAPIResponse[Any]) -> AsyncGenerator[bytes, None]:
+    """The body as it arrives. A broken or stalled connection raises what the SDK's own stream
+    raises (APIConnectionError, APITimeoutError), so a run's last_error reads as before."""
+    raw = response.http_response
+    library = sys.modules[type(raw).__module__.partition(".")[0]]  # the SDK's: httpx or httpx2
+    try:
+        async with aclosing(raw.aiter_bytes()) as body:
+            async for received in body:
+                yield received
+    except library.TimeoutException as exc:
+        raise openai.APITimeoutError(request=raw.request) from exc
+    except library.RequestError as exc:
+        raise openai.APIConnectionError(request=raw.request) from exc
+
+
+async def _drain(body: AsyncIterator[bytes]) -> None:
+    """Read what follows `[DONE]` (the body's end, usually already received), so that an
+    HTTP/1.1 connection goes back to the pool instead of being closed, as the SDK does; an
+    upstream that keeps the body open is not waited for."""
+    try:
+        async with asyncio.timeout(DRAIN_SECONDS):
+            async for _ in body:
+                pass
+    except Exception:  # noqa: BLE001 - the completion is whole: what follows can't fail it
+        return
+
+
+class _Events:
+    """Server-sent events: the data of each, from the body's pieces as they arrive.
+
+    Lines end in LF, CRLF or CR, and only these (a JSON string may hold U+2028 or NEL
+    unescaped, which `str.splitlines` would cut at); an event's `data:` lines are joined by LF
+    and a blank line ends it; comments (keep-alives) and other fields are skipped.
+    """
+
+    def __init__(self) -> None:
+        self.partial: list[bytes] = []  # the start of a line still arriving
+        self.data: list[bytes] = []  # the current event's data lines
+
+    def feed(self, received: bytes) -> list[bytes]:
+        """The data of the events that `received` completes."""
+        if b"\n" not in received and b"\r" not in received:
+            self.partial.append(received)  # a long line arriving: don't split it again and again
+            return []
+        if self.partial:
+            received = b"".join((*self.partial, received))
+            self.partial.clear()
+        lines = received.splitlines(keepends=True)
+        if not lines[-1].endswith(b"\n"):  # unfinished, or a CR whose LF may be in the next piece
+            self.partial.append(lines.pop())
+        events = []
+        for ended in lines:
+            line = ended.rstrip(b"\r\n")
+            if not line:
+                if self.data:
+                    events.append(self.data[0] if len(self.data) == 1 else b"\n".join(self.data))
+                    self.data = []
+                continue
+            name, _, value = line.partition(b":")
+            if name == b"data":
+                self.data.append(value[1:] if value.startswith(b" ") else value)
+        return events
+
+
+def _parsed(data: bytes) -> Chunk:
+    """One event's data as a chunk; an error the upstream reports, or anything not shaped like
+    a chunk, ends the stream with an UpstreamError rather than an exception deep in the run."""
+    try:
+        chunk = json.loads(data)
+    except (ValueError, RecursionError) as exc:  # UnicodeDecodeError included
+        raise UpstreamError("server_error", f"The upstream sent a stream event that is not JSON ({exc}): "
+                                            f"{_excerpt(data)}") from None
+    if isinstance(chunk, dict) and chunk.get("error"):
+        raise UpstreamError("server_error", f"The upstream failed mid-stream: {_error_message(chunk['error'])}")
+    if (flaw := _misshapen(chunk)) is not None:
+        raise UpstreamError("server_error", f"The upstream sent a malformed chunk ({flaw}): {_excerpt(data)}")
+    return cast(Chunk, chunk)
+
+
+def _excerpt(data: bytes) -> str:
+    text = data.decode("utf-8", "replace")
+    return text if len(text) <= EXCERPT_CHARS else text[:EXCERPT_CHARS] + "…"
+
+
+def _error_message(error: object) -> str:
+    """The message of an `{"error": …}` event: OpenAI's `{message, type, code}`, or a bare string."""
+    message = error.get("message") if isinstance(error, dict) else error
+    return message if isinstance(message, str) and message else json.dumps(error)[:EXCERPT_CHARS]
+
+
+def _misshapen(chunk: object) -> str | None:
+    """What makes a parsed event unreadable as a `Chunk` (None: nothing), checked here once so
+    that a broken upstream fails the run with a message that names it, and the run's code may
+    trust the fields it reads."""
+    if not isinstance(chunk, dict):
+        return "not a JSON object"
+    usage = chunk.get("usage")
+    if usage is not None and not (isinstance(usage, dict) and all(isinstance(usage.get(count), int)
+                                                                  for count in USAGE_COUNTS)):
+        return "usage without its token counts"
+    choices = chunk.get("choices") or []
+    if not isinstance(choices, list):
+        return "choices is not a list"
+    for choice in choices:
+        if (flaw := _misshapen_choice(choice)) is not None:
+            return flaw
+    return None
+
+
+def _misshapen_choice(choice: object) -> str | None:
+    if not isinstance(choice, dict) or not isinstance(delta := choice.get("delta"), dict):
+        return "a choice without its delta object"
+    if not (_text(choice.get("finish_reason")) and _text(delta.get("content"))):
+        return "a finish_reason or content that is not a string"
+    return _misshapen_calls(delta.get("tool_calls"))
+
+
+def _misshapen_calls(calls: object) -> str | None:
+    if calls is None:
+        return None
+    if not isinstance(calls, list):
+        return "tool_calls is not a list"
+    for call in calls:
+        if not isinstance(call, dict) or not isinstance(call.get("index"), int):
+            return "a tool call without its index"
+        function = call.get("function")
+        if function is not None and not (isinstance(function, dict) and _text(function.get("name"))
+                                         and _text(function.get("arguments"))):
+            return "a tool call's function without a string name and arguments"
+    return None
+
+
+def _text(value: object) -> bool:
+    """A string, or nothing (null or absent)."""
+    return value is None or isinstance(value, str)
+
+
+async def _guarded(stream: AsyncIterator[Chunk], idle: float) -> AsyncGenerator[Chunk, None]:
     """The stream's chunks; it fails once `idle` seconds pass without a token.
 
     The HTTP read timeout alone counts bytes, and an upstream sending only keep-alive
@@ -180,6 +395,8 @@ async def _guarded(stream: AsyncIterator[ChatCompletionChunk], idle: float) -> A
             return
         except TimeoutError:
             raise UpstreamError("server_error", f"The upstream model sent no tokens for {idle:g} seconds.") from None
+        except UpstreamError:
+            raise
         except Exception as exc:
             raise classify(exc) from exc
         if carries_tokens(chunk):
@@ -187,15 +404,14 @@ async def _guarded(stream: AsyncIterator[ChatCompletionChunk], idle: float) -> A
         yield chunk
 
 
-def carries_tokens(chunk: ChatCompletionChunk) -> bool:
+def carries_tokens(chunk: Chunk) -> bool:
     """Whether the model produced something in this chunk (an empty delta is not progress)."""
-    if chunk.usage is not None:
+    if chunk.get("usage") is not None:
         return True
-    for choice in chunk.choices:
-        delta = choice.delta
-        if choice.finish_reason or delta.content or delta.tool_calls or delta.refusal:
+    for choice in chunk.get("choices") or ():
+        delta = choice["delta"]
+        if choice.get("finish_reason") or delta.get("content") or delta.get("tool_calls") or delta.get("refusal"):
             return True
-        extra = delta.model_extra or {}
-        if extra.get("reasoning_content") or extra.get("reasoning"):  # reasoning models think first
+        if delta.get("reasoning_content") or delta.get("reasoning"):  # reasoning models think first
             return True
     return False
