@@ -34,10 +34,15 @@ KEEPALIVE = b": keep-alive\n\n"
 
 Shape = Callable[[Any], Any]  # rewrites an event's object before it is sent (e.g. `include[]`)
 STEP_EVENT = "thread.run.step."
+SHAPED_CALL = '"file_search"'  # only these calls' step events are reshaped (file_search.without_content)
 
 
 def _shaped(event: Event, shape: Shape | None) -> Event:
+    """The event as the stream's `include[]` shows it. A step event is encoded once, when
+    published: it is decoded again only when it holds a file_search call to reshape."""
     if shape is None or not event.event.startswith(STEP_EVENT):
+        return event
+    if isinstance(event.data, str) and SHAPED_CALL not in event.data:
         return event
     data = json.loads(event.data) if isinstance(event.data, str) else event.data
     return Event(event.event, shape(data), event.id)
