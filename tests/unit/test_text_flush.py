@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from typing import Any
+from typing import Any, cast
 
 from assistd.domain import objects as o
 from assistd.execution.text_flush import TextFlusher
+from assistd.lifecycle.records import Message
 from assistd.storage.db import open_database
 from assistd.storage.migrate import migrate
 from assistd.storage.store import Store
@@ -84,7 +85,8 @@ def test_a_flush_under_way_never_lands_after_the_final_write(database_url: str) 
             await asyncio.sleep(0)  # the flush has its snapshot and is writing it
             await flusher.forget(message["id"])
             waited = flushing.done()
-            await store.save_message(_with_text(message, "final"))
+            async with store.db.transaction() as tx:  # the turn's own final write
+                await store.runs.save_message(tx, cast(Message, _with_text(message, "final")))
             flusher.due(message["id"], lambda: _with_text(message, "stale"))
             await flusher.forget(message["id"])  # a turn that ends takes its message out
             await flusher.flush()

@@ -69,7 +69,7 @@ class TextFlusher:
         self._idle.clear()
         try:
             async with self.store.db.transaction() as tx:
-                await self.store.save_message_bodies(messages, tx)
+                await self.store.runs.save_message_bodies(tx, messages)
             for message_id in batch:
                 self._unreachable.pop(message_id, None)
         except DatabaseUnavailable as exc:

@@ -7,7 +7,6 @@ from the table directly. lifecycle/memory.py answers the same questions in memor
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from typing import Any, cast
 
@@ -17,12 +16,14 @@ from assistd.domain.ids import now
 from assistd.lifecycle.records import Message, Run, RunRow, Step
 from assistd.lifecycle.states import ACTIVE, CLAIMABLE, EXPIRABLE, STALE, RunStatus
 from assistd.storage.db import Database, Executor, Row, expand_in
+from assistd.storage.documents import body, from_row
 from assistd.storage.pages import PageParams, fetch_page, list_object
 
 RUN_COLUMNS = (
     "id, thread_id, assistant_id, created_at, status, data, metadata, started_at, expires_at, "
     "cancelled_at, failed_at, completed_at, required_action, last_error, incomplete_details, usage"
 )
+SAVE_MESSAGE = "UPDATE messages SET data = :d WHERE id = :id"
 # The run columns a status change may set beside `status` (names go into SQL: a fixed list).
 WRITABLE = frozenset({"started_at", "expires_at", "cancelled_at", "failed_at", "completed_at",
                       "required_action", "last_error", "incomplete_details", "usage",
@@ -40,23 +41,13 @@ def new_run(row: RunRow) -> Run:
     return run_from_row(columns)
 
 
-def _doc(row: Row) -> Any:
-    obj = json.loads(row["data"])
-    obj["metadata"] = json.loads(row["metadata"])
-    return obj
-
-
-def _body(obj: Mapping[str, Any]) -> str:
-    return o.dumps({k: v for k, v in obj.items() if k != "metadata"})
-
-
 async def insert_message(db: Executor, message: Mapping[str, Any]) -> None:
     """A new message row (user's or run's)."""
     await db.execute(
         "INSERT INTO messages (id, thread_id, run_id, created_at, data, metadata) "
         "VALUES (:id, :t, :r, :c, :d, :m)",
         id=message["id"], t=message["thread_id"], r=message["run_id"],
-        c=message["created_at"], d=_body(message), m=o.dumps(message.get("metadata") or {}),
+        c=message["created_at"], d=body(message), m=o.dumps(message.get("metadata") or {}),
     )
 
 
@@ -219,38 +210,42 @@ class RunSQL:
             "INSERT INTO run_steps (id, run_id, thread_id, created_at, status, data, metadata) "
             "VALUES (:id, :r, :t, :c, :s, :d, :m)",
             id=step["id"], r=step["run_id"], t=step["thread_id"], c=step["created_at"],
-            s=step["status"], d=_body(step), m=o.dumps(step["metadata"]),
+            s=step["status"], d=body(step), m=o.dumps(step["metadata"]),
         )
 
     async def save_step(self, tx: Executor, step: Step) -> None:
         await tx.execute("UPDATE run_steps SET status = :s, data = :d WHERE id = :id",
-                         s=step["status"], d=_body(step), id=step["id"])
+                         s=step["status"], d=body(step), id=step["id"])
 
     async def run_steps(self, run_id: str, tx: Executor | None = None) -> list[Step]:
         rows = await (tx or self.db).fetchall(
             "SELECT data, metadata FROM run_steps WHERE run_id = :r ORDER BY seq", r=run_id
         )
-        return [_doc(r) for r in rows]
+        return [from_row(r) for r in rows]
 
     async def insert_message(self, tx: Executor, message: Message) -> None:
         await insert_message(tx, message)
 
     async def save_message(self, tx: Executor, message: Message) -> None:
         """Write a message's body (content, status…), leaving metadata to its own writers."""
-        await tx.execute("UPDATE messages SET data = :d WHERE id = :id", d=_body(message), id=message["id"])
+        await tx.execute(SAVE_MESSAGE, d=body(message), id=message["id"])
+
+    async def save_message_bodies(self, tx: Any, messages: Sequence[Mapping[str, Any]]) -> None:
+        """`save_message` for many messages in one statement (the streaming runs' partial text)."""
+        await tx.executemany(SAVE_MESSAGE, [{"d": body(m), "id": m["id"]} for m in messages])
 
     async def run_messages(self, run_id: str, tx: Executor | None = None) -> list[Message]:
         rows = await (tx or self.db).fetchall(
             "SELECT data, metadata FROM messages WHERE run_id = :r ORDER BY seq", r=run_id
         )
-        return [_doc(r) for r in rows]
+        return [from_row(r) for r in rows]
 
     async def thread_messages(self, thread_id: str) -> list[Message]:
         """The thread's whole history, oldest first: what a turn's prompt is built from."""
         rows = await self.db.fetchall(
             "SELECT data, metadata FROM messages WHERE thread_id = :t ORDER BY seq", t=thread_id
         )
-        return [_doc(r) for r in rows]
+        return [from_row(r) for r in rows]
 
     # ------------------------------------------------------------ what the API reads
 
@@ -280,11 +275,11 @@ class RunSQL:
         )
         if row is None:
             raise not_found("run step", step_id)
-        step: Step = _doc(row)
+        step: Step = from_row(row)
         return step
 
     async def list_steps(self, thread_id: str, run_id: str, page: PageParams) -> dict[str, Any]:
         await self.get_run(thread_id, run_id)
         rows, more = await fetch_page(self.db, "run_steps", "data, metadata", "run_id = :r", {"r": run_id}, page)
-        return list_object([_doc(r) for r in rows], more)
+        return list_object([from_row(r) for r in rows], more)
 

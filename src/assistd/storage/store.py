@@ -3,28 +3,16 @@ lifecycle/run_sql.py (`Store.runs`). Methods return API-shaped dicts."""
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from assistd.domain import objects as o
 from assistd.domain.errors import invalid, not_found
 from assistd.lifecycle.run_sql import RunSQL, insert_message
 from assistd.storage.db import Database, Executor
+from assistd.storage.documents import from_row, split
 from assistd.storage.pages import PageParams, fetch_page, list_object
 
 Obj = dict[str, Any]
-
-
-def _doc(row: Obj) -> Obj:
-    """Rows that keep the whole object in `data`, with `metadata` beside it."""
-    obj: Obj = json.loads(row["data"])
-    obj["metadata"] = json.loads(row["metadata"])
-    return obj
-
-
-def _split(obj: Obj) -> tuple[str, str]:
-    body = {k: v for k, v in obj.items() if k != "metadata"}
-    return o.dumps(body), o.dumps(obj.get("metadata") or {})
 
 
 class Store:
@@ -35,7 +23,7 @@ class Store:
     # ------------------------------------------------------------ assistants
 
     async def insert_assistant(self, assistant: Obj) -> Obj:
-        data, metadata = _split(assistant)
+        data, metadata = split(assistant)
         await self.db.execute(
             "INSERT INTO assistants (id, created_at, data, metadata) VALUES (:id, :c, :d, :m)",
             id=assistant["id"], c=assistant["created_at"], d=data, m=metadata,
@@ -48,13 +36,14 @@ class Store:
         )
         if row is None:
             raise not_found("assistant", assistant_id)
-        return _doc(row)
+        found: Obj = from_row(row)
+        return found
 
     async def update_assistant(self, assistant_id: str, changes: Obj) -> Obj:
         async with self.db.transaction() as tx:
             assistant = await self.get_assistant(assistant_id, tx)
             assistant.update(changes)
-            data, metadata = _split(assistant)
+            data, metadata = split(assistant)
             await tx.execute(
                 "UPDATE assistants SET data = :d, metadata = :m WHERE id = :id",
                 d=data, m=metadata, id=assistant_id,
@@ -67,7 +56,7 @@ class Store:
 
     async def list_assistants(self, page: PageParams) -> Obj:
         rows, more = await fetch_page(self.db, "assistants", "data, metadata", "1 = 1", {}, page)
-        return list_object([_doc(r) for r in rows], more)
+        return list_object([from_row(r) for r in rows], more)
 
     # ------------------------------------------------------------ threads
 
@@ -75,7 +64,7 @@ class Store:
         if db is None:
             async with self.db.transaction() as tx:
                 return await self.insert_thread(thread, messages, tx)
-        data, metadata = _split(thread)
+        data, metadata = split(thread)
         await db.execute(
             "INSERT INTO threads (id, created_at, data, metadata) VALUES (:id, :c, :d, :m)",
             id=thread["id"], c=thread["created_at"], d=data, m=metadata,
@@ -90,13 +79,14 @@ class Store:
         )
         if row is None:
             raise not_found("thread", thread_id)
-        return _doc(row)
+        found: Obj = from_row(row)
+        return found
 
     async def update_thread(self, thread_id: str, changes: Obj) -> Obj:
         async with self.db.transaction() as tx:
             thread = await self.get_thread(thread_id, tx)
             thread.update(changes)
-            data, metadata = _split(thread)
+            data, metadata = split(thread)
             await tx.execute(
                 "UPDATE threads SET data = :d, metadata = :m WHERE id = :id",
                 d=data, m=metadata, id=thread_id,
@@ -141,18 +131,6 @@ class Store:
             await self.lock_idle_thread(tx, message["thread_id"])
             return await self.insert_message(message, tx)
 
-    async def save_message(self, message: Obj, db: Executor | None = None) -> None:
-        """Write a message's body (content, status…), leaving metadata to its own writers."""
-        data, _ = _split(message)
-        await (db or self.db).execute(
-            "UPDATE messages SET data = :d WHERE id = :id", d=data, id=message["id"]
-        )
-
-    async def save_message_bodies(self, messages: list[Obj], tx: Any) -> None:
-        """`save_message` for many messages in one statement (within the transaction `tx`)."""
-        await tx.executemany("UPDATE messages SET data = :d WHERE id = :id",
-                             [{"d": _split(m)[0], "id": m["id"]} for m in messages])
-
     async def get_message(self, thread_id: str, message_id: str, db: Executor | None = None) -> Obj:
         row = await (db or self.db).fetchone(
             "SELECT data, metadata FROM messages WHERE id = :id AND thread_id = :t",
@@ -160,7 +138,8 @@ class Store:
         )
         if row is None:
             raise not_found("message", message_id)
-        return _doc(row)
+        found: Obj = from_row(row)
+        return found
 
     async def update_message_metadata(self, thread_id: str, message_id: str, metadata: Obj) -> Obj:
         async with self.db.transaction() as tx:
@@ -185,4 +164,4 @@ class Store:
         if run_id:
             scope, params = scope + " AND run_id = :r", {**params, "r": run_id}
         rows, more = await fetch_page(self.db, "messages", "data, metadata", scope, params, page)
-        return list_object([_doc(r) for r in rows], more)
+        return list_object([from_row(r) for r in rows], more)

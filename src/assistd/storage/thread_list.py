@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from assistd.storage.db import Executor
+from assistd.storage.documents import from_row
 from assistd.storage.pages import PageParams, fetch_page, list_object
 
 Obj = dict[str, Any]
@@ -36,9 +36,4 @@ async def list_threads(db: Executor, dialect: str, page: PageParams, assistant_i
     """One page of threads, by creation order, that `assistant_id` ran on and whose metadata holds every pair."""
     scope, params = _scope(dialect, assistant_id, metadata)
     rows, more = await fetch_page(db, "threads", "data, metadata", scope, params, page)
-    threads = []
-    for row in rows:
-        thread: Obj = json.loads(row["data"])
-        thread["metadata"] = json.loads(row["metadata"])
-        threads.append(thread)
-    return list_object(threads, more)
+    return list_object([from_row(row) for row in rows], more)
