@@ -198,7 +198,7 @@ def new_run_row(thread_id: str, assistant: Obj, params: Obj, expires_in: float) 
 # ---------------------------------------------------------------- run steps
 
 
-def new_step(run: Obj, step_type: str, details: Obj) -> Obj:
+def new_step(run: Mapping[str, Any], step_type: str, details: Obj) -> Obj:
     return {
         "id": new_id("step"),
         "object": "thread.run.step",

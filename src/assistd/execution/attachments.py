@@ -13,6 +13,7 @@ from typing import Any
 
 from assistd.domain import objects as o
 from assistd.domain.errors import NotFound, invalid
+from assistd.lifecycle.records import RunView
 from assistd.storage.store import Store
 from assistd.storage.vector_stores import VectorStoreStore
 
@@ -29,7 +30,7 @@ def search_file_ids(messages: list[Obj]) -> list[str]:
     return o.attached_file_ids(messages, "file_search")
 
 
-async def tool_resource_ids(store: Store, run: Obj, tool: str, field: str) -> list[str]:
+async def tool_resource_ids(store: Store, run: RunView, tool: str, field: str) -> list[str]:
     """`tool_resources.<tool>.<field>` of the run's assistant and thread (union, in order); an
     assistant or thread deleted since the run was created brings none."""
     ids: dict[str, None] = {}

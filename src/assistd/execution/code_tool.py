@@ -25,6 +25,7 @@ from assistd.config import Settings
 from assistd.domain import objects as o
 from assistd.domain.errors import NotFound
 from assistd.execution.attachments import tool_resource_ids
+from assistd.lifecycle.records import RunView
 from assistd.storage.files import FileStore
 from assistd.storage.store import Store
 
@@ -58,7 +59,7 @@ FUNCTION: Obj = {
 }
 
 
-def tool(run: Obj) -> Obj | None:
+def tool(run: RunView) -> Obj | None:
     return next((t for t in run.get("tools") or [] if t.get("type") == NAME), None)
 
 
@@ -183,7 +184,7 @@ def code_of(arguments: str) -> str:
 # ---------------------------------------------------------------- files in
 
 
-async def input_file_ids(store: Store, run: Obj) -> list[str]:
+async def input_file_ids(store: Store, run: RunView) -> list[str]:
     """Files for /mnt/data: the assistant's and thread's resources, and this thread's messages'
     code_interpreter attachments (each once, in that order)."""
     resources = await tool_resource_ids(store, run, NAME, "file_ids")

@@ -29,7 +29,7 @@ from assistd.execution.upstream import Chunk, ToolCallDelta, UpstreamError
 from assistd.lifecycle import changes
 from assistd.lifecycle.changes import Left, Settled
 from assistd.lifecycle.outcome import Next, Outcome, budgets, decide
-from assistd.lifecycle.records import LastError, Message, Run, Step, Usage, add_usage, no_usage, usage_of
+from assistd.lifecycle.records import LastError, Message, Run, RunView, Step, Usage, add_usage, no_usage, usage_of
 from assistd.lifecycle.run_store import Tx
 from assistd.lifecycle.states import RunStatus
 from assistd.observability import runs as observed
@@ -139,10 +139,9 @@ class RunTurn:
     # ------------------------------------------------------------ the turn
 
     async def _turn(self) -> None:
-        self.watch = await observed.start_turn(self.rt.store, dict(self.run))
-        run: Obj = dict(self.run)
-        if file_search.tool(run) is not None:
-            self.store_ids = await file_search.vector_store_ids(self.rt.store, run)
+        self.watch = await observed.start_turn(self.rt.store, self.run)
+        if file_search.tool(self.run) is not None:
+            self.store_ids = await file_search.vector_store_ids(self.rt.store, self.run)
             await file_search.check_live(self.rt.store, self.store_ids)
             await file_search.wait_for_ingestion(self.rt.store, self.store_ids)
         self.steps = await self.records.run_steps(self.run_id)
@@ -157,9 +156,8 @@ class RunTurn:
     async def _call(self) -> bool:
         """One upstream call; True when the turn goes on with another (served calls answered)."""
         steps: list[Obj] = self._steps()
-        run: Obj = dict(self.run)
         self.call.searching = bool(self.store_ids) and file_search.rounds(steps) < file_search.MAX_ROUNDS
-        self.call.coding = (self.rt.code_pool is not None and code_tool.tool(run) is not None
+        self.call.coding = (self.rt.code_pool is not None and code_tool.tool(self.run) is not None
                             and code_tool.rounds(steps) < code_tool.MAX_ROUNDS)
         if self.call.message is None and code_tool.image_parts(steps):
             await self._open_message()  # the images are shown as soon as they exist
@@ -187,23 +185,22 @@ class RunTurn:
         if left.exhausted is not None:
             return left.exhausted
         history: list[Obj] = self.history  # type: ignore[assignment]
-        run: Obj = dict(self.run)
         own = [m for m in history if m["run_id"] == self.run_id]
-        thread, mine = prompt.conversation(run, history, self._steps(), own, self.images)
+        thread, mine = prompt.conversation(self.run, history, self._steps(), own, self.images)
         try:
-            messages = prompt.truncate(run, prompt.system_messages(run), thread, mine, left.prompt_left)
+            messages = prompt.truncate(self.run, prompt.system_messages(self.run), thread, mine, left.prompt_left)
         except prompt.PromptTooLong:
             return "max_prompt_tokens"
         self.call.prompt_estimate = prompt.estimate_tokens(messages)
         served = [*([file_search.FUNCTION] if self.call.searching else []),
                   *([code_tool.FUNCTION] if self.call.coding else [])]
-        return prompt.build_request(self._request_run(run), messages, left.completion_left,
+        return prompt.build_request(self._request_run(), messages, left.completion_left,
                                     self.rt.upstream.max_tokens_param, served)
 
-    def _request_run(self, run: Obj) -> Obj:
+    def _request_run(self) -> RunView:
         """The run as the next request sees it: a `tool_choice` forcing file_search or
         code_interpreter forces only the first call of it."""
-        choice = run.get("tool_choice")
+        run, choice = self.run, self.run["tool_choice"]
         steps = self._steps()
         called = {file_search.NAME: file_search.rounds(steps), code_tool.NAME: code_tool.rounds(steps)}
         if isinstance(choice, dict) and called.get(choice.get("type") or ""):
@@ -234,7 +231,7 @@ class RunTurn:
             run["thread_id"], "assistant", [], status="in_progress",
             assistant_id=run["assistant_id"], run_id=self.run_id,
         )
-        step: Step = o.new_step(dict(run), "message_creation", {  # type: ignore[assignment]
+        step: Step = o.new_step(run, "message_creation", {  # type: ignore[assignment]
             "type": "message_creation", "message_creation": {"message_id": message["id"]},
         })
         async with self.records.transaction() as tx:
@@ -300,7 +297,7 @@ class RunTurn:
     # ------------------------------------------------------------ tool calls
 
     async def _open_tool_step(self) -> Step:
-        step: Step = o.new_step(dict(self.run), "tool_calls",  # type: ignore[assignment]
+        step: Step = o.new_step(self.run, "tool_calls",  # type: ignore[assignment]
                                 {"type": "tool_calls", "tool_calls": []})
         async with self.records.transaction() as tx:
             await self.records.insert_step(tx, step)
@@ -346,7 +343,7 @@ class RunTurn:
             if self.call.is_search(call):
                 with observed.tool_call(file_search.NAME, run_id=self.run_id):
                     self.call.calls[index] = await file_search.search(
-                        self.rt.retriever, dict(self.run), self.store_ids, call)
+                        self.rt.retriever, self.run, self.store_ids, call)
             elif self.call.is_code(call):
                 with observed.tool_call(code_tool.NAME, run_id=self.run_id):
                     self.call.calls[index] = await self._run_code(index, call)
@@ -357,7 +354,7 @@ class RunTurn:
         assert self.rt.code_pool is not None and self.call.tool_step is not None
         code = code_tool.code_of(call["function"]["arguments"])
         files = FileStore(self.rt.store.db, self.rt.settings.files_dir)
-        wanted = await code_tool.input_file_ids(self.rt.store, dict(self.run))
+        wanted = await code_tool.input_file_ids(self.rt.store, self.run)
         result = await self.rt.code_pool.execute(self.run["thread_id"], code,
                                                  await code_tool.input_files(files, wanted))
         written = await code_tool.store_written(files, result.files)
@@ -374,11 +371,7 @@ class RunTurn:
     # ------------------------------------------------------------ ending a call
 
     async def _finish(self) -> bool:
-        """Record how the call ended, as `decide` says; True when the turn calls again.
-
-        The message and steps are written as updated copies and kept only once the
-        transaction commits: a cancel that interrupts it leaves the turn's objects as the
-        database has them, so the cancellation closes what is really still open."""
+        """Record how the call ended, as `decide` says; True when the turn calls again."""
         if self.call.message is None and not self.call.calls:
             await self._open_message()
         usage = self.call.turn_usage()
@@ -389,10 +382,9 @@ class RunTurn:
         events: list[tuple[str, Any]] = []
         async with self.records.transaction() as tx:
             await self._lock_thread(tx)
-            message = await self._complete_message(tx, outcome, usage, events)
-            tool_step = await self._end_tool_step(tx, outcome, usage, events)
-            ended = await self._record_outcome(tx, outcome, usage, tool_step)
-        self._keep(message, tool_step)
+            events += await self._complete_message(tx, outcome, usage)
+            events += await self._end_tool_step(tx, outcome, usage)
+            ended = await self._record_outcome(tx, outcome, usage)
         if outcome.next is Next.CALL_AGAIN:
             self.used = add_usage(self.used, usage)
         elif ended is None:
@@ -406,32 +398,20 @@ class RunTurn:
             self.publish("thread.run.requires_action", ended)
         return outcome.next is Next.CALL_AGAIN
 
-    def _keep(self, message: tuple[Message, Step] | None, tool_step: Step | None) -> None:
-        """The committed state of the call's objects, in place (the turn's history holds them)."""
-        if message is not None:
-            assert self.call.message is not None and self.call.message_step is not None
-            self.call.message.update(message[0])
-            self.call.message_step.update(message[1])
-        if tool_step is not None:
-            assert self.call.tool_step is not None
-            self.call.tool_step.update(tool_step)
-
-    async def _end_tool_step(self, tx: Tx, outcome: Outcome, usage: Usage,
-                             events: list[tuple[str, Any]]) -> Step | None:
+    async def _end_tool_step(self, tx: Tx, outcome: Outcome, usage: Usage) -> list[tuple[str, Any]]:
         """The tool step with the call's usage and calls; complete when the turn calls again."""
-        if self.call.tool_step is None:
-            return None
-        step: Step = {**self.call.tool_step, "usage": usage}
+        step = self.call.tool_step
+        if step is None:
+            return []
+        step["usage"] = usage
         if outcome.answers_calls:
-            step["step_details"] = {**step["step_details"], "tool_calls": self.call.ordered_calls()}
+            step["step_details"]["tool_calls"] = self.call.ordered_calls()
         if outcome.next is Next.CALL_AGAIN:
             step["status"], step["completed_at"] = "completed", now()
-            events.append(("thread.run.step.completed", step))
         await self.records.save_step(tx, step)
-        return step
+        return [("thread.run.step.completed", step)] if outcome.next is Next.CALL_AGAIN else []
 
-    async def _record_outcome(self, tx: Tx, outcome: Outcome, usage: Usage,
-                              tool_step: Step | None) -> Run | Settled | None:
+    async def _record_outcome(self, tx: Tx, outcome: Outcome, usage: Usage) -> Run | Settled | None:
         """The run's status change, within the call's last transaction."""
         if outcome.next is Next.CALL_AGAIN:
             return None
@@ -441,27 +421,26 @@ class RunTurn:
         if outcome.next is Next.COMPLETED:
             return await changes.complete(tx, self.records, self.run_id, usage=total)
         assert outcome.reason is not None
+        tool_step = self.call.tool_step
         return await changes.end_incomplete(tx, self.records, self.run_id, reason=outcome.reason,
                                             left=Left(total, [tool_step] if tool_step else [], []))
 
-    async def _complete_message(self, tx: Tx, outcome: Outcome, usage: Usage,
-                                events: list[tuple[str, Any]]) -> tuple[Message, Step] | None:
-        if self.call.message is None or self.call.message_step is None:
-            return None
-        events += self._last_text_delta()
+    async def _complete_message(self, tx: Tx, outcome: Outcome, usage: Usage) -> list[tuple[str, Any]]:
+        message, step = self.call.message, self.call.message_step
+        if message is None or step is None:
+            return []
+        last = self._last_text_delta()
         self.call.sync_text()
-        message: Message = {**self.call.message}
         if outcome.truncated:
             message["status"], message["incomplete_at"] = "incomplete", now()
             message["incomplete_details"] = {"reason": "max_tokens"}
         else:
             message["status"], message["completed_at"] = "completed", now()
-        step: Step = {**self.call.message_step, "status": "completed", "completed_at": now(),
-                      "usage": usage if self.call.tool_step is None else no_usage()}
+        step["status"], step["completed_at"] = "completed", now()
+        step["usage"] = usage if self.call.tool_step is None else no_usage()
         await self.records.save_message(tx, message)
         await self.records.save_step(tx, step)
-        events += [(f"thread.message.{message['status']}", message), ("thread.run.step.completed", step)]
-        return message, step
+        return [*last, (f"thread.message.{message['status']}", message), ("thread.run.step.completed", step)]
 
     def _last_text_delta(self) -> list[tuple[str, Any]]:
         """The delta that ends the text: the annotation of a path at its very end, or the empty
@@ -479,22 +458,28 @@ class RunTurn:
 
     # ------------------------------------------------------------ ending the turn otherwise
 
-    def _open_steps(self) -> list[Step]:
-        return [s for s in self.steps if s["status"] == "in_progress"]
-
-    def _left(self) -> Left:
-        """What the run leaves open if it ends now: this call's message and steps."""
+    def _with_text(self, left: Left) -> Left:
+        """What the database holds open, with this call's message as streamed so far (the
+        partial text may be newer than the last flush)."""
+        message = self.call.message
+        if message is None:
+            return left
         self.call.sync_text()
-        messages = [self.call.message] if self.call.message and self.call.message["status"] == "in_progress" else []
-        return Left(self.used, self._open_steps(), messages)
+        messages: list[Message] = [{**m, "content": message["content"]} if m["id"] == message["id"] else m
+                                   for m in left.messages]
+        return Left(left.usage, left.steps, messages)
 
     async def _end(self, target: RunStatus, error: LastError | None = None, *, reason: str | None = None) -> None:
         """End the run as `target`; if a cancel got there first, finish the cancellation
         instead. The final text is written in the same transaction: one commit, so a
-        cancelled run shows `cancelled` sooner."""
+        cancelled run shows `cancelled` sooner.
+
+        What is left open is read from the database, not taken from the turn: a stop can
+        interrupt a write whose commit the turn never saw (the rows exist, the turn doesn't
+        know them), or one that rolled back after the turn changed its objects."""
         await self._stop_flushing()
-        left = self._left()
         async with self.records.transaction() as tx:
+            left = self._with_text(await changes.left_open(self.records, tx, self.run_id))
             if target is RunStatus.FAILED:
                 assert error is not None
                 settled = await changes.fail(tx, self.records, self.run_id, error=error, left=left)

@@ -18,6 +18,7 @@ from assistd.domain import objects as o
 from assistd.domain.errors import InvalidRequest, NotFound
 from assistd.execution.attachments import tool_resource_ids
 from assistd.execution.retrieval import Retriever
+from assistd.lifecycle.records import RunView
 from assistd.storage.db import expand_in
 from assistd.storage.store import Store
 
@@ -45,7 +46,7 @@ FUNCTION: Obj = {
 }
 
 
-def tool(run: Obj) -> Obj | None:
+def tool(run: RunView) -> Obj | None:
     """The run's `file_search` tool, if it has one."""
     return next((t for t in run.get("tools") or [] if t.get("type") == NAME), None)
 
@@ -55,7 +56,7 @@ def rounds(steps: list[Obj]) -> int:
     return len(o.tool_calls_of(steps, NAME))
 
 
-async def vector_store_ids(store: Store, run: Obj) -> list[str]:
+async def vector_store_ids(store: Store, run: RunView) -> list[str]:
     """The vector stores of the assistant's and the thread's tool resources (union, in order)."""
     return await tool_resource_ids(store, run, NAME, "vector_store_ids")
 
@@ -100,7 +101,7 @@ async def wait_for_ingestion(store: Store, store_ids: list[str]) -> None:
         await asyncio.sleep(INGESTION_POLL_SECONDS)
 
 
-def ranking_options(run: Obj) -> Obj:
+def ranking_options(run: RunView) -> Obj:
     options = ((tool(run) or {}).get(NAME) or {}).get("ranking_options") or {}
     ranker = options.get("ranker") or "auto"
     return {"ranker": DEFAULT_RANKER if ranker == "auto" else ranker,
@@ -115,7 +116,7 @@ def _query(arguments: str) -> str:
     return str(parsed.get("query") or "") if isinstance(parsed, dict) else str(parsed)
 
 
-async def search(retriever: Retriever, run: Obj, store_ids: list[str], call: Obj) -> Obj:
+async def search(retriever: Retriever, run: RunView, store_ids: list[str], call: Obj) -> Obj:
     """Answer one of the model's file_search function calls: the `file_search` tool call object."""
     limit = int(((tool(run) or {}).get(NAME) or {}).get("max_num_results") or DEFAULT_MAX_RESULTS)
     ranking = ranking_options(run)

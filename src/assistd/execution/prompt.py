@@ -7,6 +7,7 @@ from typing import Any
 
 from assistd.domain.objects import message_text
 from assistd.execution import code_tool, file_search
+from assistd.lifecycle.records import RunView
 
 Obj = dict[str, Any]
 
@@ -110,7 +111,7 @@ def _tool_output(call: Obj) -> str:
     return str(call["function"].get("output") or "")
 
 
-def conversation(run: Obj, history: list[Obj], steps: list[Obj], run_messages: list[Obj],
+def conversation(run: RunView, history: list[Obj], steps: list[Obj], run_messages: list[Obj],
                  images: dict[str, str] | None = None) -> tuple[list[Obj], list[Obj]]:
     """(thread history, this run's own turns) as chat messages, before truncation; `images`
     holds the `data:` URLs of the files `image_file` parts name."""
@@ -120,7 +121,7 @@ def conversation(run: Obj, history: list[Obj], steps: list[Obj], run_messages: l
     return thread, own
 
 
-def truncate(run: Obj, system: list[Obj], thread: list[Obj], own: list[Obj], prompt_budget: int | None) -> list[Obj]:
+def truncate(run: RunView, system: list[Obj], thread: list[Obj], own: list[Obj], prompt_budget: int | None) -> list[Obj]:
     """Apply `truncation_strategy`: keep the last N thread messages, or drop the oldest to fit."""
     strategy = run.get("truncation_strategy") or {"type": "auto"}
     if strategy.get("type") == "last_messages" and strategy.get("last_messages") is not None:
@@ -147,7 +148,7 @@ def _oldest_kept(kept: list[Obj], thread: list[Obj], budget: int) -> int:
     return dropped
 
 
-def function_tools(run: Obj, served: list[Obj] | None = None) -> list[Obj]:
+def function_tools(run: RunView, served: list[Obj] | None = None) -> list[Obj]:
     """The run's function tools, and the functions standing for the tools assistd answers
     itself (`file_search`, `code_interpreter`) while it offers them."""
     tools = [
@@ -158,7 +159,7 @@ def function_tools(run: Obj, served: list[Obj] | None = None) -> list[Obj]:
     return [*tools, *(served or [])]
 
 
-def tool_choice(run: Obj, served: list[Obj] | None = None) -> Any:
+def tool_choice(run: RunView, served: list[Obj] | None = None) -> Any:
     """The run's `tool_choice`; `{"type": "file_search"}` (or code_interpreter) becomes the
     function that stands for it while offered, else `auto`."""
     choice = run.get("tool_choice") or "auto"
@@ -169,14 +170,14 @@ def tool_choice(run: Obj, served: list[Obj] | None = None) -> Any:
     return choice
 
 
-def response_format(run: Obj) -> Obj | None:
+def response_format(run: RunView) -> Obj | None:
     fmt = run.get("response_format")
     if isinstance(fmt, dict) and fmt.get("type") in ("json_object", "json_schema"):
         return fmt
     return None
 
 
-def build_request(run: Obj, messages: list[Obj], completion_budget: int | None, max_tokens_param: str,
+def build_request(run: RunView, messages: list[Obj], completion_budget: int | None, max_tokens_param: str,
                   served: list[Obj] | None = None) -> Obj:
     request: Obj = {
         "model": run["model"],
@@ -198,6 +199,6 @@ def build_request(run: Obj, messages: list[Obj], completion_budget: int | None, 
     return request
 
 
-def system_messages(run: Obj) -> list[Obj]:
+def system_messages(run: RunView) -> list[Obj]:
     instructions = run.get("instructions")
     return [{"role": "system", "content": instructions}] if instructions else []

@@ -100,7 +100,9 @@ async def create_thread_and_run(request: Request) -> Response:
 
 async def list_(request: Request) -> Response:
     pages, _ = page(request)
-    return ok(await runtime(request).store.runs.list_runs(path(request, "thread_id"), pages))
+    store, thread_id = runtime(request).store, path(request, "thread_id")
+    await store.get_thread(thread_id)  # 404 for an unknown thread
+    return ok(await store.runs.list_runs(thread_id, pages))
 
 
 async def retrieve(request: Request) -> Response:

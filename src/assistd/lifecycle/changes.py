@@ -85,13 +85,13 @@ class Settled:
     def publish(self, broker: Broker) -> None:
         for event in self.events():
             broker.publish(self.run["id"], event.event, event.data)
-        observed.settled(dict(self.run))
+        observed.settled(self.run)
 
 
 @dataclass
 class Left:
-    """What a run left open when it ends, and its usage: known to the turn that ran it,
-    read from the database otherwise (`None`)."""
+    """What a run left open when it ends, and its usage: given by a turn that reached its
+    own end (it knows them), read from the database otherwise (`None`, or `left_open`)."""
 
     usage: Usage
     steps: list[Step] = field(default_factory=list)
@@ -318,6 +318,3 @@ def queued_events(run: Run, completed_steps: list[Step] | None = None) -> list[E
     steps = [Event("thread.run.step.completed", step) for step in completed_steps or []]
     return [*steps, Event("thread.run.queued", run)]
 
-
-def with_usage(left: Left, usage: Usage) -> Left:
-    return Left(add_usage(left.usage, usage), left.steps, left.messages)

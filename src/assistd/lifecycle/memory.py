@@ -19,9 +19,8 @@ from assistd.domain.errors import invalid, not_found
 from assistd.domain.ids import now
 from assistd.lifecycle.records import Message, Run, RunRow, Step
 from assistd.lifecycle.run_sql import WRITABLE, new_run
+from assistd.lifecycle.run_store import Tx
 from assistd.lifecycle.states import ACTIVE, CLAIMABLE, EXPIRABLE, STALE, RunStatus
-
-Tx = Any
 
 
 class MemoryRuns:

@@ -7,7 +7,11 @@ and the types let mypy check every key the lifecycle reads or writes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any, Literal, NotRequired, TypedDict
+
+# What code that only reads a run takes: a `Run`, or a plain dict shaped like one.
+RunView = Mapping[str, Any]
 
 
 class Usage(TypedDict):

@@ -255,8 +255,7 @@ class RunSQL:
         return None if row is None else row["traceparent"]
 
     async def list_runs(self, thread_id: str, page: PageParams) -> dict[str, Any]:
-        if await self.db.fetchone("SELECT id FROM threads WHERE id = :t", t=thread_id) is None:
-            raise not_found("thread", thread_id)
+        """A page of the thread's runs (the caller answers 404 for an unknown thread)."""
         rows, more = await fetch_page(self.db, "runs", RUN_COLUMNS, "thread_id = :t", {"t": thread_id}, page)
         return list_object([dict(run_from_row(r)) for r in rows], more)
 

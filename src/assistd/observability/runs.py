@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlsplit
 
+from assistd.lifecycle.records import RunView
 from assistd.observability import metrics, tracing
 from assistd.storage.store import Store
 
@@ -28,7 +29,7 @@ def configure(upstream_base_url: str) -> None:
 
 @dataclass
 class Turn:
-    run: Obj
+    run: RunView
     started: float = field(default_factory=time.perf_counter)
     first_delta_seen: bool = False
     span: Any = None
@@ -40,7 +41,7 @@ class Turn:
             metrics.FIRST_TOKEN_SECONDS.observe(time.perf_counter() - self.started)
 
 
-async def start_turn(store: Store, run: Obj) -> Turn:
+async def start_turn(store: Store, run: RunView) -> Turn:
     """A turn of `run` begins: logged, and (with tracing) a span in the trace of the request
     that created the run, current for the rest of the turn's task."""
     log.info("run %s started (thread %s, model %s)", run["id"], run["thread_id"], run.get("model"),
@@ -59,7 +60,7 @@ def end_turn(watch: Turn | None) -> None:
         tracing.end_span(watch.span)
 
 
-def settled(run: Obj) -> None:
+def settled(run: RunView) -> None:
     """A run reached its final status: count it, log it, and warn when it ended badly."""
     status = str(run["status"])
     seconds = max(0.0, time.time() - float(run.get("created_at") or time.time()))
