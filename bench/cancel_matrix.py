@@ -105,7 +105,7 @@ def serve_upstream() -> None:
     call for `code-…` and a file_search call for `search-…` markers. Each request is logged with
     its thread's first user message too, so a later request of a run (after file_search) is
     still found by the run's tag."""
-    from tests.support.fake_upstream import FakeUpstream, Reply, message_text
+    from tests.support.fake_upstream import FakeUpstream, Reply, message_text, serve_until_stopped
 
     long_text = Reply.text(" ".join(f"tok{i}" for i in range(TOKENS)), chunk_delay=CHUNK_DELAY)
     slow_text = Reply.text(" ".join(f"tok{i}" for i in range(600)), chunk_delay=1.0)  # fillers: cheap
@@ -129,15 +129,7 @@ def serve_upstream() -> None:
                 return Reply.tool_calls([("code_interpreter", json.dumps({"code": CODE.format(tag=last[5:])}))])
             return long_text
 
-    async def serve() -> None:
-        upstream = MatrixUpstream(long_text)
-        server = await upstream.serve(0, "127.0.0.1")
-        print(f"READY http://127.0.0.1:{upstream.port}/v1", flush=True)
-        async with server:
-            await server.serve_forever()
-
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    serve_until_stopped(lambda: MatrixUpstream(long_text))
 
 
 @contextlib.contextmanager

@@ -94,21 +94,17 @@ JOB, CANCEL = "job-", "cancel-"  # marker prefixes: which reply the fake upstrea
 
 def serve_upstream(job_tokens: str, job_delay: str, cancel_tokens: str, cancel_delay: str) -> None:
     """In its own process: the fake upstream, short replies for `job-…`, long ones for `cancel-…`."""
-    from tests.support.fake_upstream import FakeUpstream, Reply
+    from tests.support.fake_upstream import FakeUpstream, Reply, serve_until_stopped
 
     def text(tokens: str, delay: str) -> Reply:
         return Reply.text(" ".join(f"tok{i}" for i in range(int(tokens))), chunk_delay=float(delay))
 
-    async def serve() -> None:
+    def make() -> FakeUpstream:
         upstream = FakeUpstream(text(job_tokens, job_delay))
         upstream.on(CANCEL, text(cancel_tokens, cancel_delay))
-        server = await upstream.serve(0, "127.0.0.1")
-        print(f"READY http://127.0.0.1:{upstream.port}/v1", flush=True)
-        async with server:
-            await server.serve_forever()
+        return upstream
 
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve())
+    serve_until_stopped(make)
 
 
 @contextlib.contextmanager

@@ -35,7 +35,7 @@ import re
 import secrets
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Self
 from urllib.parse import parse_qs, urlsplit
@@ -724,12 +724,19 @@ async def _send_json(writer: asyncio.StreamWriter, status: int, payload: Any,
 # ---------------------------------------------------------------- standalone
 
 
-async def _main(host: str, port: int, tokens: int, delay: float) -> None:
-    upstream = FakeUpstream(Reply.text(" ".join(f"tok{i}" for i in range(tokens)), chunk_delay=delay))
-    server = await upstream.serve(port, host)
-    print(f"READY http://{host}:{upstream.port}/v1", flush=True)
-    async with server:
-        await server.serve_forever()
+def serve_until_stopped(make: Callable[[], FakeUpstream], host: str = "127.0.0.1", port: int = 0) -> None:
+    """Serve the upstream `make()` builds, in this process until it is interrupted, after
+    printing `READY <base url>` (what bench.common.upstream_process waits for)."""
+
+    async def serve() -> None:
+        upstream = make()
+        server = await upstream.serve(port, host)
+        print(f"READY http://{host}:{upstream.port}/v1", flush=True)
+        async with server:
+            await server.serve_forever()
+
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve())
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -739,8 +746,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--tokens", type=int, default=50, help="content chunks per streamed reply")
     parser.add_argument("--chunk-delay", type=float, default=0.02, help="seconds between chunks")
     args = parser.parse_args(argv)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(_main(args.host, args.port, args.tokens, args.chunk_delay))
+    reply = Reply.text(" ".join(f"tok{i}" for i in range(args.tokens)), chunk_delay=args.chunk_delay)
+    serve_until_stopped(lambda: FakeUpstream(reply), args.host, args.port)
 
 
 if __name__ == "__main__":
