@@ -18,7 +18,7 @@ from typing import Any
 from assistd.domain.errors import invalid, not_found
 from assistd.domain.ids import now
 from assistd.lifecycle.records import Message, Run, RunRow, Step
-from assistd.lifecycle.run_sql import WRITABLE, new_run
+from assistd.lifecycle.run_sql import new_run, writable
 from assistd.lifecycle.run_store import Tx
 from assistd.lifecycle.states import ACTIVE, CLAIMABLE, EXPIRABLE, STALE, RunStatus
 
@@ -84,6 +84,7 @@ class MemoryRuns:
 
     async def transition(self, tx: Tx, run_id: str, target: RunStatus, allowed: tuple[str, ...], *,
                          holder: str | None = None, columns: Mapping[str, Any] | None = None) -> Run | None:
+        sets = writable(columns)  # refused before anything changes, as the SQL is
         run = self.runs.get(run_id)
         if run is None or run["status"] not in allowed:
             return None
@@ -92,9 +93,7 @@ class MemoryRuns:
             return None
         self.writes.append((run_id, run["status"], target.value))
         run["status"] = target.value
-        for key, value in (columns or {}).items():
-            if key not in WRITABLE:
-                raise ValueError(f"runs.{key} is not set by a status change")
+        for key, value in sets.items():
             if key == "worker_id":
                 worker = value
             elif key == "heartbeat_at":

@@ -30,6 +30,14 @@ WRITABLE = frozenset({"started_at", "expires_at", "cancelled_at", "failed_at", "
                       "worker_id", "heartbeat_at"})
 
 
+def writable(columns: Mapping[str, Any] | None) -> Mapping[str, Any]:
+    """The columns a status change sets, refused if one is not for it to set."""
+    columns = columns or {}
+    if stray := set(columns) - WRITABLE:
+        raise ValueError(f"runs.{', '.join(sorted(stray))} is not set by a status change")
+    return columns
+
+
 def run_from_row(row: Row) -> Run:
     return cast(Run, o.run_from_row(row))
 
@@ -125,9 +133,7 @@ class RunSQL:
         if holder is not None:
             held, params["holder"] = " AND worker_id = :holder", holder
         sets = ["status = :target"]
-        for key, value in (columns or {}).items():
-            if key not in WRITABLE:
-                raise ValueError(f"runs.{key} is not set by a status change")
+        for key, value in writable(columns).items():
             json_column = key in o.RUN_JSON_STATE_FIELDS
             params[f"f_{key}"] = o.dumps(value) if json_column and value is not None else value
             sets.append(f"{key} = :f_{key}")
