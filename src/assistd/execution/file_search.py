@@ -19,8 +19,8 @@ from assistd.domain.errors import InvalidRequest, NotFound
 from assistd.execution.attachments import tool_resource_ids
 from assistd.execution.retrieval import Retriever
 from assistd.lifecycle.records import RunView
-from assistd.storage.db import expand_in
 from assistd.storage.store import Store
+from assistd.storage.vector_stores import VectorStoreStore
 
 Obj = dict[str, Any]
 
@@ -76,10 +76,7 @@ async def check_live(store: Store, store_ids: list[str]) -> None:
     """Raise ExpiredStore for the first of the stores that has expired (deleted ones are skipped)."""
     if not store_ids:
         return
-    params: Obj = {}
-    sql = expand_in("SELECT id, expires_after, last_active_at FROM vector_stores WHERE id IN (:ids)",
-                    "ids", store_ids, params)
-    expired = {row["id"] for row in await store.db.fetchall(sql, **params) if o.store_expired(row)}
+    expired = await VectorStoreStore(store.db).expired_among(store_ids)
     for vs_id in store_ids:
         if vs_id in expired:
             raise ExpiredStore(vs_id)
@@ -90,13 +87,10 @@ async def wait_for_ingestion(store: Store, store_ids: list[str]) -> None:
     INGESTION_WAIT_SECONDS; cancelling the run ends the wait at once."""
     if not store_ids:
         return
-    params: Obj = {}
-    sql = expand_in("SELECT COUNT(*) AS n FROM vector_store_files WHERE status = 'in_progress' "
-                    "AND vector_store_id IN (:ids)", "ids", store_ids, params)
+    vector_stores = VectorStoreStore(store.db)
     deadline = time.monotonic() + INGESTION_WAIT_SECONDS
     while time.monotonic() < deadline:
-        row = await store.db.fetchone(sql, **params)
-        if not row or not int(row["n"]):
+        if not await vector_stores.files_in_progress(store_ids):
             return
         await asyncio.sleep(INGESTION_POLL_SECONDS)
 

@@ -70,9 +70,7 @@ class Ingester:
             task.cancel()
         await asyncio.gather(*self._loops, *self.running, return_exceptions=True)
         with contextlib.suppress(Exception):
-            await self.store.db.execute(
-                "UPDATE vector_store_files SET claimed_by = NULL, claimed_at = NULL "
-                "WHERE claimed_by = :w AND status = 'in_progress'", w=self.holder)
+            await self.store.release_claims(self.holder)
 
     async def _claim_loop(self) -> None:
         """Claim what there is room for; again as soon as a file is done, else every POLL_SECONDS."""
@@ -147,7 +145,7 @@ class Ingester:
                 "code": "server_error", "message": "The server's data disk is full: the file's chunks could not be stored."})
 
     async def _filename(self, file_id: str) -> str:
-        row = await self.store.db.fetchone("SELECT filename FROM files WHERE id = :f", f=file_id)
-        if row is None:
+        name = await self.files.filename(file_id)
+        if name is None:
             raise ExtractionError("invalid_file", f"The file '{file_id}' no longer exists.")
-        return str(row["filename"])
+        return name

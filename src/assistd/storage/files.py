@@ -133,6 +133,11 @@ class FileStore:
             raise not_found("file", file_id)
         return o.file_object(row)
 
+    async def filename(self, file_id: str) -> str | None:
+        """The file's name, or None when it no longer exists (what ingestion needs, nothing more)."""
+        row = await self.db.fetchone("SELECT filename FROM files WHERE id = :f", f=file_id)
+        return None if row is None else str(row["filename"])
+
     async def list(self, page: PageParams, purpose: str | None) -> Obj:
         scope, params = LIVE, {"now": now(), "purpose": purpose}
         if purpose:
@@ -171,11 +176,11 @@ class FileStore:
                 raise
             if self.reserve is None or not await self.reserve.release():
                 raise disk_full_error() from exc
-            await self._delete_row_or_507(file_id)
+            await self._delete_row_or_full(file_id)
         if self.reserve is not None:
             await self.reserve.keep()
 
-    async def _delete_row_or_507(self, file_id: str) -> None:
+    async def _delete_row_or_full(self, file_id: str) -> None:
         try:
             await self._delete_row(file_id)
         except Exception as exc:

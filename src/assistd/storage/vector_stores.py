@@ -466,10 +466,27 @@ class VectorStoreStore:
 
     # ------------------------------------------------------------ ingestion
 
-    async def release_claims(self) -> None:
-        """Forget every claim (SQLite at start: no other process can hold one)."""
+    async def release_claims(self, holder: str | None = None) -> None:
+        """Forget the claims of `holder` (an ingester stopping), or every claim (SQLite at start:
+        no other process can hold one)."""
+        mine = "" if holder is None else " AND claimed_by = :w"
         await self.db.execute("UPDATE vector_store_files SET claimed_by = NULL, claimed_at = NULL "
-                              "WHERE status = 'in_progress'")
+                              f"WHERE status = 'in_progress'{mine}", **({} if holder is None else {"w": holder}))
+
+    async def expired_among(self, store_ids: builtins.list[str]) -> set[str]:
+        """Those of the stores that have expired (deleted ones are not among them)."""
+        params: Obj = {}
+        sql = expand_in("SELECT id, expires_after, last_active_at FROM vector_stores WHERE id IN (:ids)",
+                        "ids", store_ids, params)
+        return {row["id"] for row in await self.db.fetchall(sql, **params) if o.store_expired(row)}
+
+    async def files_in_progress(self, store_ids: builtins.list[str]) -> int:
+        """How many files of the stores are still being ingested."""
+        params: Obj = {}
+        sql = expand_in("SELECT COUNT(*) AS n FROM vector_store_files WHERE status = 'in_progress' "
+                        "AND vector_store_id IN (:ids)", "ids", store_ids, params)
+        row = await self.db.fetchone(sql, **params)
+        return int(row["n"]) if row else 0
 
     async def claim_files(self, holder: str, limit: int, at: float, stale_before: float) -> builtins.list[Obj]:
         """Take up to `limit` pending files: unclaimed, or claimed by a holder whose lease lapsed."""
