@@ -12,6 +12,7 @@ from assistd.config import Settings, load_settings, variables
 ROOT = Path(__file__).resolve().parents[2]
 ROW = re.compile(r"^\| `((?:ASSISTD|OPENAI)_[A-Z_]+)` \| ([^|]*) \|", re.MULTILINE)
 PLAIN_DEFAULT = re.compile(r"`([^`]+)`(?: \(.*\))?")
+ENVIRON_READ = re.compile(r"""(?:environ\.get\(|environ\[|getenv\()\s*["'](ASSISTD_[A-Z_]+)""")
 
 
 def documented() -> dict[str, str]:
@@ -39,6 +40,11 @@ def test_every_variable_named_in_src_is_a_field() -> None:
     named = {name for text in sources().values() for name in re.findall(r"\bASSISTD_[A-Z_]*[A-Z]", text)}
     assert named, "no settings named in src"
     assert sorted(named - set(field_of())) == [], "named in src/assistd but no Settings field reads it"
+
+
+def test_no_module_reads_a_setting_past_settings() -> None:
+    readers = {path.relative_to(ROOT).as_posix(): ENVIRON_READ.findall(text) for path, text in sources().items()}
+    assert {path: names for path, names in readers.items() if names} == {}, "read past Settings"
 
 
 def test_load_settings_without_variables_gives_the_settings_defaults() -> None:
