@@ -24,10 +24,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from assistd.config import load_settings
 from assistd.execution.code_interpreter import seccomp
 from assistd.execution.code_interpreter.limits import Limits
 
-SANDBOX_UID = int(os.environ.get("ASSISTD_CODE_UID", "65533"))  # host uid of every kernel
+# Host uid of every kernel (ASSISTD_CODE_UID), read alone: a bad unrelated setting must not stop
+# the setup-sandbox command, which reads no others.
+SANDBOX_UID = load_settings(only=("code_uid",)).code_uid
 INNER_UID = 1000  # the same uid as the kernel sees it
 PYTHON_INSIDE = "/opt/python"
 HOME_INSIDE = "/home/sandbox"
@@ -71,9 +74,8 @@ class SessionDirs:
 def default_python() -> Path:
     """The environment (a venv or a prefix) the kernels run: ASSISTD_CODE_PYTHON, else a
     `.venv-code` beside assistd's own venv (what scripts/test builds), else assistd's own."""
-    configured = os.environ.get("ASSISTD_CODE_PYTHON")
-    if configured:
-        return Path(configured)
+    if (configured := load_settings(only=("code_python",)).code_python) is not None:
+        return configured
     sibling = Path(sys.prefix).with_name(".venv-code")
     return sibling if sibling.is_dir() else Path(sys.prefix)
 

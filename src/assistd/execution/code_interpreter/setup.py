@@ -14,6 +14,8 @@ import sys
 from importlib import resources
 from pathlib import Path
 
+from assistd.config import load_settings
+
 SYSTEM_PYTHON = Path("/usr/bin/python3")
 
 
@@ -23,8 +25,8 @@ def requirements_text() -> str:
 
 def default_target() -> Path | None:
     """ASSISTD_CODE_PYTHON, else `.venv-code` beside assistd's venv (where assistd looks for it)."""
-    if configured := os.environ.get("ASSISTD_CODE_PYTHON"):
-        return Path(configured)
+    if (configured := load_settings(only=("code_python",)).code_python) is not None:
+        return configured
     if sys.prefix != sys.base_prefix:
         return Path(sys.prefix).with_name(".venv-code")
     return None
