@@ -252,3 +252,49 @@ def test_cancelling_the_reading_task_closes_the_connection_at_once(upstream: Fak
     cancelled_at = run_with_upstream(upstream, scenario)
     record = upstream.wait_for_outcome("cancel me", "client_closed", timeout=2)
     assert record.ended_at is not None and record.ended_at - cancelled_at < 0.2
+
+
+# ---------------------------------------------------------------- the transport
+
+
+def test_more_streams_than_aiohttps_default_connection_limit_are_all_open_at_once(upstream: FakeUpstream) -> None:
+    """aiohttp lets 100 connections be open at once unless told otherwise: the 101st run would
+    wait for another run to end before its upstream request even left."""
+    streams = 130
+    upstream.on("many", Reply.text(" ".join(["word"] * 200), chunk_delay=0.2))  # 40 s: none ends by itself
+
+    async def scenario(client: Upstream) -> int:
+        first_words = 0
+        everyone_started = asyncio.Event()
+
+        async def read() -> None:
+            nonlocal first_words
+            async with client.stream(request("many")) as chunks:
+                async for chunk in chunks:
+                    if text_of([chunk]):
+                        first_words += 1
+                        if first_words == streams:
+                            everyone_started.set()
+                        await everyone_started.wait()  # hold every stream open until all have spoken
+                        return
+
+        await asyncio.wait_for(asyncio.gather(*(read() for _ in range(streams))), timeout=10)
+        return first_words
+
+    assert run_with_upstream(upstream, scenario) == streams
+
+
+def test_an_upstream_refusing_connections_fails_as_a_connection_error_not_a_timeout() -> None:
+    async def scenario() -> UpstreamError:
+        client = Upstream(Settings(upstream_base_url="http://127.0.0.1:9/v1", upstream_max_retries=0))
+        try:
+            with pytest.raises(UpstreamError) as caught:
+                async with client.stream(request("anyone there")):
+                    pass
+            return caught.value
+        finally:
+            await client.close()
+
+    error = asyncio.run(scenario())
+    assert "could not be reached" in error.message and "timed out" not in error.message
+    assert "Connect call failed" in error.message  # what the socket said, for the operator

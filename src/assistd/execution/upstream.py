@@ -7,6 +7,10 @@ The SDK sends the request (its status errors and connection errors are what `cla
 the retries know), but the streamed body is read here: each `data:` event is parsed with
 `json.loads` into a plain dict (`Chunk`). Building the SDK's pydantic chunk objects cost most
 of the CPU of a busy process (thousands of chunks a second), which stalled the event loop.
+
+The bytes come through aiohttp (the SDK's own `DefaultAioHttpClient`), not httpx's default
+transport: a streamed chunk, each its own read, cost about 330 µs of CPU through httpcore's
+layers and about 170 µs through aiohttp's C parser (bench/RESULTS.md, "upstream chunks").
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ MAX_RETRY_AFTER_SECONDS = 60.0  # a longer Retry-After is not waited for: the ru
 DRAIN_SECONDS = 0.1  # after [DONE], how long the rest of the body may take (to keep the connection)
 EXCERPT_CHARS = 200  # of an unreadable event, quoted in the run's last_error
 USAGE_COUNTS = ("prompt_tokens", "completion_tokens", "total_tokens")
+EXTRA_CONNECTIONS = 16  # to the upstream, beyond one per run executing
 
 
 class FunctionDelta(TypedDict, total=False):
@@ -171,14 +176,17 @@ class Upstream:
         timeout_type = type(_constants.DEFAULT_TIMEOUT)
         limits_type = type(_constants.DEFAULT_CONNECTION_LIMITS)
         timeout = timeout_type(settings.upstream_timeout, connect=settings.upstream_connect_timeout)
+        # One connection per run executing at once, and room for the embeddings' requests:
+        # aiohttp's own default (100) would make the 101st run wait for a connection.
+        connections = settings.worker_concurrency + EXTRA_CONNECTIONS
         self.client = openai.AsyncOpenAI(
             base_url=settings.upstream_base_url,
             api_key=settings.upstream_api_key or "assistd-no-key",
             max_retries=0,
             timeout=timeout,
-            http_client=openai.DefaultAsyncHttpxClient(
+            http_client=openai.DefaultAioHttpClient(
                 timeout=timeout,
-                limits=limits_type(max_connections=None, max_keepalive_connections=200),
+                limits=limits_type(max_connections=connections, max_keepalive_connections=200),
             ),
         )
 
@@ -212,7 +220,8 @@ class Upstream:
                 # Entering sends the request; closing the response is all its exit would do.
                 response: openai.AsyncAPIResponse[Any] = await opening.__aenter__()
                 return response
-            except openai.APIError as exc:
+            except openai.APIError as raised:
+                exc = _as_connection_error(raised)
                 if not retryable(exc):
                     raise classify(exc) from exc
                 wait = backoff(attempt, exc)
@@ -228,28 +237,42 @@ class Upstream:
         await self.client.close()
 
 
+def _as_connection_error(exc: openai.APIError) -> openai.APIError:
+    """A refused connection or an unknown host, as the SDK says it with httpx: the aiohttp
+    transport reports every failure to connect as a timeout ("Request timed out"), which
+    would send an operator looking for a slow upstream instead of a missing one."""
+    if not isinstance(exc, openai.APITimeoutError):
+        return exc
+    cause = exc.__cause__
+    while cause is not None:
+        if isinstance(cause, OSError) and not isinstance(cause, TimeoutError):
+            error = openai.APIConnectionError(message=f"Connection error: {cause}", request=exc.request)
+            error.__cause__ = exc.__cause__
+            return error
+        cause = cause.__cause__
+    return exc
+
+
 async def _chunks(response: openai.AsyncAPIResponse[Any]) -> AsyncGenerator[Chunk, None]:
     """The completion's chunks, until `data: [DONE]`; an error event or an unreadable one
-    raises UpstreamError."""
-    events = _Events()
-    async with aclosing(_body(response)) as body:
-        async for received in body:
-            for data in events.feed(received):
-                if data.startswith(b"[DONE]"):
-                    await _drain(body)
-                    return
-                yield _parsed(data)
+    raises UpstreamError. A broken or stalled connection raises what the SDK's own stream
+    raises (APIConnectionError, APITimeoutError), so a run's last_error reads as before.
 
-
-async def _body(response: openai.AsyncAPIResponse[Any]) -> AsyncGenerator[bytes, None]:
-    """The body as it arrives. A broken or stalled connection raises what the SDK's own stream
-    raises (APIConnectionError, APITimeoutError), so a run's last_error reads as before."""
+    One generator from the socket's pieces to chunks: each layer of async iteration costs
+    every chunk of every run."""
     raw = response.http_response
     library = sys.modules[type(raw).__module__.partition(".")[0]]  # the SDK's: httpx or httpx2
+    # Undecoded when nothing is encoded: the decoding layer only copies the pieces.
+    encoded = raw.headers.get("content-encoding", "identity").strip().lower() not in ("", "identity")
+    events = _Events()
     try:
-        async with aclosing(raw.aiter_bytes()) as body:
+        async with aclosing(raw.aiter_bytes() if encoded else raw.aiter_raw()) as body:
             async for received in body:
-                yield received
+                for data in events.feed(received):
+                    if data.startswith(b"[DONE]"):
+                        await _drain(body)
+                        return
+                    yield _parsed(data)
     except library.TimeoutException as exc:
         raise openai.APITimeoutError(request=raw.request) from exc
     except library.RequestError as exc:
