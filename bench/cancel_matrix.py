@@ -27,6 +27,10 @@ between the cancels, timed like *closed* (the instrument's own delay under the s
 
 Server side, from the logs: the worst event-loop stall (assistd.loop_lag) and the worst wait of a
 database write for its turn (assistd.storage.write_wait), over the whole cell.
+
+With `--baseline COMMIT`, each deployment is measured twice in the same run: first on that
+commit's code (bench/baseline.py), then on the checkout's, so a machine slower or busier than
+the last one shows in both.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ try:  # the SDK's own httpx, as bench.common imports it (openai>=3 speaks httpx2
 except ImportError:  # pragma: no cover
     import httpx as sdk_http  # type: ignore[no-redef]
 
+from bench.baseline import CURRENT, Code, checkout_label, materialized
 from bench.common import (
     PYTHON,
     Server,
@@ -152,7 +157,7 @@ class Deployment:
 
 
 @contextlib.contextmanager
-def deploy(key: str, upstream: Upstream, database_url: str) -> Iterator[Deployment]:
+def deploy(key: str, upstream: Upstream, database_url: str, code: Code = CURRENT) -> Iterator[Deployment]:
     data, code_dir = scratch_dir("matrix"), scratch_dir("code")
     code_dir.chmod(0o711)  # the sandbox uid binds folders under it
     env = {
@@ -162,6 +167,7 @@ def deploy(key: str, upstream: Upstream, database_url: str) -> Iterator[Deployme
         "ASSISTD_CODE_DIR": str(code_dir), "ASSISTD_CODE_MAX_SESSIONS": str(CODE_RUNS + 2),
     }
     env.pop("ASSISTD_API_KEYS", None)
+    env = code.env(env)
     if key == "split":
         env |= {"ASSISTD_REDIS_URL": REDIS_URL, "ASSISTD_EVENTS_TTL_SECONDS": "600"}
     procs: list[subprocess.Popen[Any]] = []
@@ -220,6 +226,7 @@ class Cell:
     deployment: str
     state: str
     shape: str
+    code: str = ""  # whose assistd, when a baseline commit is compared ("" otherwise)
     runs: list[Run] = field(default_factory=list)
     figures: dict[str, list[float]] = field(default_factory=dict)
     problems: list[str] = field(default_factory=list)
@@ -649,11 +656,11 @@ def cells_for(states: tuple[str, ...], shapes: tuple[str, ...]) -> list[tuple[st
 
 
 async def measure_deployment(dep: Deployment, upstream: Upstream, cells: list[tuple[str, str]],
-                             results: list[Cell]) -> None:
+                             results: list[Cell], code: str = "") -> None:
     bench = Bench(dep, upstream)
     try:
         for state, shape in cells:
-            cell = Cell(dep.key, state, shape)
+            cell = Cell(dep.key, state, shape, code)
             marks = log_marks(dep.logs)
             try:
                 await asyncio.wait_for(measure_cell(bench, cell), CELL_LIMIT)
@@ -674,21 +681,26 @@ async def measure_deployment(dep: Deployment, upstream: Upstream, cells: list[tu
         await bench.close()
 
 
-def run(deployments: tuple[str, ...], states: tuple[str, ...], shapes: tuple[str, ...]) -> str:
+def run(deployments: tuple[str, ...], states: tuple[str, ...], shapes: tuple[str, ...], baseline: str = "") -> str:
+    """Every cell of each deployment; with a `baseline` commit, each deployment on its code first."""
     results: list[Cell] = []
-    deadline = time.monotonic() + TIME_LIMIT
+    deadline = time.monotonic() + TIME_LIMIT * (2 if baseline else 1)
     load_before = Path("/proc/loadavg").read_text().split()[:3]
     started = time.monotonic()
-    with matrix_upstream() as upstream:
+    with matrix_upstream() as upstream, contextlib.ExitStack() as stack:
+        codes = [stack.enter_context(materialized(baseline)), CURRENT] if baseline else [CURRENT]
+        labels = {id(c): (checkout_label() if c is CURRENT else c.label) if baseline else "" for c in codes}
         for key in deployments:
-            left = deadline - time.monotonic()
-            if left < 30:
-                results.append(Cell(key, "—", "—", problems=["skipped: the matrix's time limit was reached"]))
-                continue
-            cells = cells_for(states, shapes)
-            db = "sqlite" if key == "sqlite" else "postgresql"
-            with database(db) as url, deploy(key, upstream, url) as dep:
-                run_bounded_in_loop(measure_deployment(dep, upstream, cells, results), left)
+            for code in codes:
+                left = deadline - time.monotonic()
+                if left < 30:
+                    results.append(Cell(key, "—", "—", labels[id(code)],
+                                        problems=["skipped: the matrix's time limit was reached"]))
+                    continue
+                cells = cells_for(states, shapes)
+                db = "sqlite" if key == "sqlite" else "postgresql"
+                with database(db) as url, deploy(key, upstream, url, code) as dep:
+                    run_bounded_in_loop(measure_deployment(dep, upstream, cells, results, labels[id(code)]), left)
     load_after = Path("/proc/loadavg").read_text().split()[:3]
     return render(results, load_before, load_after, time.monotonic() - started)
 
@@ -720,10 +732,15 @@ def misses(cell: Cell) -> list[str]:
     return out
 
 
+def _deployment(cell: Cell) -> str:
+    name = DEPLOYMENTS.get(cell.deployment, cell.deployment)
+    return f"{name} · {cell.code}" if cell.code else name
+
+
 def summary_line(cell: Cell) -> str:
     parts = [f"{k}={_pmax(v)}" for k, v in cell.figures.items()]
     miss = misses(cell)
-    return (f"[{DEPLOYMENTS.get(cell.deployment, cell.deployment)}] {cell.name}: " + " ".join(parts)
+    return (f"[{_deployment(cell)}] {cell.name}: " + " ".join(parts)
             + f" loop-stall≤{ms(cell.loop_stall)} write-wait≤{ms(cell.write_wait)}"
             + (f" stored-ok={cell.stored_ok}/{cell.stored_checked}" if cell.stored_checked else "")
             + (f"  MISSES {', '.join(miss)}" if miss else "") + (f"  problems={len(cell.problems)}" if cell.problems else ""))
@@ -738,13 +755,13 @@ def render(results: list[Cell], load_before: list[str], load_after: list[str], s
     rows = []
     for c in results:
         f = c.figures
-        rows.append(f"| {DEPLOYMENTS.get(c.deployment, c.deployment)} | {c.name} | {len(f.get('round trip', []))} "
+        rows.append(f"| {_deployment(c)} | {c.name} | {len(f.get('round trip', []))} "
                     f"| {_pmax(f.get('round trip', []))} | {_pmax(f.get('closed', []))} | {_pmax(f.get('GET', []))} "
                     f"| {_pmax(f.get('stream', []))} | {_pmax(f.get('baseline', []))} | {_pmax(f.get('client lag', []))} "
                     f"| {ms(c.loop_stall) if c.loop_stall else '< 100 ms'} "
                     f"| {ms(c.write_wait) if c.write_wait else '< 100 ms'} "
                     f"| {f'{c.stored_ok}/{c.stored_checked}' if c.stored_checked else '—'} | {', '.join(misses(c)) or 'none'} |")
-    problems = [f"- {DEPLOYMENTS.get(c.deployment, c.deployment)}, {c.name}: {p}" for c in results for p in c.problems[:3]]
+    problems = [f"- {_deployment(c)}, {c.name}: {p}" for c in results for p in c.problems[:3]]
     markdown = [
         f"### {title}", "",
         (f"{RUNS} runs per cell ({CODE_RUNS} in the code_interpreter cell), cancels {PACE * 1000:.0f} ms apart; "
@@ -772,6 +789,8 @@ if __name__ == "__main__":
     parser.add_argument("--shapes", default=",".join(SHAPES), help="for the generating state, of: " + ", ".join(SHAPES))
     parser.add_argument("--runs", type=int, default=RUNS, help="runs per cell")
     parser.add_argument("--keep-logs", action="store_true", help="keep assistd's data dirs (and logs)")
+    parser.add_argument("--baseline", default="", help="also measure each deployment on this commit's code, first")
     args = parser.parse_args()
     RUNS, KEEP_LOGS = args.runs, args.keep_logs
-    main(lambda: run(tuple(args.deployments.split(",")), tuple(args.states.split(",")), tuple(args.shapes.split(","))))
+    main(lambda: run(tuple(args.deployments.split(",")), tuple(args.states.split(",")), tuple(args.shapes.split(",")),
+                     args.baseline))

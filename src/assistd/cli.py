@@ -20,7 +20,9 @@ import logging
 import signal
 import socket
 import sys
+from collections.abc import Coroutine
 from pathlib import Path
+from typing import Any
 
 import uvicorn
 
@@ -162,9 +164,21 @@ def _worker(settings: Settings) -> int:
                   "ASSISTD_METRICS_HOST=127.0.0.1", settings.metrics_host)
         return 2
     _ready_to_start(settings)
-    asyncio.run(_work(settings))
+    _run_on_fast_loop(_work(settings))
     tracing.shutdown()
     return 0
+
+
+def _run_on_fast_loop(main: Coroutine[Any, Any, None]) -> None:
+    """Run `main` on uvloop, as uvicorn runs `serve` (uvicorn[standard] installs it): the worker
+    is where every upstream chunk is read, and asyncio's own loop spends more per callback."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - a platform without uvloop
+        asyncio.run(main)
+        return
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        runner.run(main)
 
 
 def _check(settings: Settings) -> int:

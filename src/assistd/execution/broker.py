@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections import defaultdict
+from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -61,19 +61,38 @@ class Broker(Protocol):
     async def close(self) -> None: ...
 
 
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
+
+
 class LocalSubscription:
+    """The events of one run for one stream, in order. A waiting `get` is one future and one
+    timer: `asyncio.wait_for(queue.get())` made a task per event, a tenth of the CPU of a
+    process streaming 100 runs' deltas."""
+
     def __init__(self, broker: LocalBroker, run_id: str) -> None:
         self.broker = broker
         self.run_id = run_id
-        self.queue: asyncio.Queue[Event] = asyncio.Queue()
+        self.events: deque[Event] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put(self, event: Event) -> None:
+        self.events.append(event)
+        if self._waiter is not None and not self._waiter.done():
+            self._waiter.set_result(None)
 
     async def get(self, timeout: float) -> Event | None:
-        if not self.queue.empty() or timeout <= 0:
-            return None if self.queue.empty() else self.queue.get_nowait()
-        try:
-            return await asyncio.wait_for(self.queue.get(), timeout)
-        except TimeoutError:
-            return None
+        if not self.events and timeout > 0:
+            loop = asyncio.get_running_loop()
+            self._waiter = waiter = loop.create_future()
+            timer = loop.call_later(timeout, _wake, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._waiter = None
+        return self.events.popleft() if self.events else None
 
     async def close(self) -> None:
         self.broker._unsubscribe(self)
@@ -114,4 +133,4 @@ class LocalBroker:
             return
         frozen = Event(event, serialize(data))
         for sub in subscribers:
-            sub.queue.put_nowait(frozen)
+            sub.put(frozen)
