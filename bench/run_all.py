@@ -28,6 +28,7 @@ from bench import (
     retrieval_quality,
     retrieval_speed,
     scale_out,
+    upstream_chunks,
 )
 from bench.common import ROOT, main, markdown_of, note_foreign_load
 
@@ -41,7 +42,7 @@ def _git(*args: str) -> str:
 
 
 def _versions() -> str:
-    names = ["openai", "httpx2", "uvicorn", "uvloop", "httptools", "starlette", "aiosqlite", "asyncpg", "redis"]
+    names = ["openai", "httpx2", "aiohttp", "uvicorn", "uvloop", "httptools", "starlette", "aiosqlite", "asyncpg", "redis"]
     found = []
     for name in names:
         try:
@@ -77,6 +78,7 @@ def _sections(skip_postgres: bool, skip_retrieval: bool = False) -> list[tuple[s
     ]
     if not skip_postgres:
         sections.append(("cancel latency (PostgreSQL)", lambda: cancel_latency.run("postgresql")))
+    sections.append(("CPU per upstream chunk", upstream_chunks.run))
     matrix = ("sqlite",) if skip_postgres else tuple(cancel_matrix.DEPLOYMENTS)
     sections.append(("cancel latency matrix", lambda: cancel_matrix.run(matrix, cancel_matrix.STATES, cancel_matrix.SHAPES)))
     sections += [
