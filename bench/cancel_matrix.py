@@ -50,6 +50,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import openai
 from openai.types.beta import AssistantToolParam
 from openai.types.beta.thread_create_params import ToolResources
@@ -96,6 +97,7 @@ CODE = ("import time, pathlib\n"
         "try:\n    time.sleep(600)\n"
         "except KeyboardInterrupt:\n"
         "    pathlib.Path('/mnt/data/interrupted-{tag}').write_text(repr(time.time()))\n    raise\n")
+STREAM_HEADERS = {"Authorization": "Bearer bench", "OpenAI-Beta": "assistants=v2"}
 STATES = ("generating", "queued", "requires_action", "code_interpreter", "file_search")
 SHAPES = ("streamed", "polled", "mix")
 DEPLOYMENTS = {"sqlite": "SQLite, one process", "postgresql": "PostgreSQL, one process",
@@ -253,6 +255,10 @@ class Bench:
                                          "OpenAI-Beta": "assistants=v2"},
                                          limits=sdk_http.Limits(max_connections=None, max_keepalive_connections=500),
                                          timeout=sdk_http.Timeout(60))
+        # The streams' client: aiohttp reads a streamed event for a fraction of httpx's CPU
+        # (bench/upstream_chunks.py), and the benchmark follows 2,000 events a second.
+        self.streams = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
+                                             timeout=aiohttp.ClientTimeout(total=None, sock_read=120))
         self.assistants: dict[str, str] = {}
         self.background: list[asyncio.Task[None]] = []
 
@@ -260,6 +266,7 @@ class Bench:
         for client in (self.front, self.back, self.direct):
             await client.close()
         await self.http.aclose()
+        await self.streams.close()
 
     async def assistant(self, state: str) -> str:
         if state not in self.assistants:
@@ -296,23 +303,36 @@ class Bench:
             run.generating.set()
 
     async def _follow(self, run: Run, assistant_id: str) -> None:
+        """A streaming client. The SSE is parsed here with `json.loads`, not by the SDK's stream
+        (a pydantic object per event): with 100 runs at 20 deltas a second that alone took a
+        core of this machine, and a late client adds its lateness to every figure."""
+        body = {"assistant_id": assistant_id, "stream": True}
+        url = f"{self.dep.front}/threads/{run.thread_id}/runs"
         try:
-            stream = await self.front.beta.threads.runs.create(thread_id=run.thread_id, assistant_id=assistant_id,
-                                                               stream=True)
-            async with stream:
-                async for event in stream:
-                    now = time.time()
-                    if event.event == "thread.run.created":
-                        run.run_id = event.data.id
-                    elif event.event.startswith("thread.run.") and hasattr(event.data, "status"):
-                        run.status = event.data.status
-                    if event.event == "thread.run.cancelled":
-                        run.stream_cancelled = now
-                    elif event.event == "thread.message.delta":
-                        run.deltas += [p.text.value or "" for p in event.data.delta.content or []
-                                       if p.type == "text" and p.text]
+            async with self.streams.post(url, json=body, headers=STREAM_HEADERS) as answer:
+                answer.raise_for_status()
+                name = ""
+                async for raw in answer.content:  # line by line
+                    line = raw.decode().rstrip("\r\n")
+                    if line.startswith("event: "):
+                        name = line[7:]
+                    elif line.startswith("data: ") and name:
+                        self._on_event(run, name, line[6:], time.time())
         except Exception as exc:  # noqa: BLE001
             run.error = f"stream: {type(exc).__name__}: {exc}"
+
+    @staticmethod
+    def _on_event(run: Run, name: str, data: str, now: float) -> None:
+        if name == "thread.message.delta":
+            delta = json.loads(data)["delta"]
+            run.deltas += [p["text"].get("value") or "" for p in delta.get("content") or []
+                           if p.get("type") == "text" and p.get("text")]
+        elif name.startswith("thread.run.") and not name.startswith("thread.run.step."):
+            obj = json.loads(data)
+            run.run_id = run.run_id or obj["id"]
+            run.status = obj.get("status", run.status)
+            if name == "thread.run.cancelled":
+                run.stream_cancelled = now
 
     async def _poll(self, run: Run) -> None:
         """A create_and_poll client, eager: GET every POLL_BEFORE s until the run ends."""
