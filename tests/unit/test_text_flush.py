@@ -98,3 +98,31 @@ def test_a_flush_under_way_never_lands_after_the_final_write(database_url: str) 
     waited, texts = asyncio.run(scenario())
     assert waited
     assert texts == ["final"]
+
+
+def test_many_partial_texts_are_written_in_short_batches_so_other_writes_get_between(database_url: str) -> None:
+    """40 messages: three transactions of at most FLUSH_BATCH; a message its turn takes out
+    while the first batch is written is not written by a later batch."""
+    async def scenario() -> tuple[int, list[str]]:
+        db = open_database(database_url)
+        await db.connect()
+        try:
+            await migrate(db)
+            store = CountingStore(Store(db))
+            messages = await _messages(store, 40)
+            flusher = TextFlusher(store, period=3600)
+            for i, message in enumerate(messages):
+                flusher.due(message["id"], functools.partial(_with_text, message, f"partial {i}"))
+            before = store.transactions
+            flushing = asyncio.create_task(flusher.flush())
+            await asyncio.sleep(0)  # the first batch is being written
+            await flusher.forget(messages[-1]["id"])  # in the last batch: its turn ends meanwhile
+            await flushing
+            await flusher.close()
+            return store.transactions - before, await _texts(store, messages)
+        finally:
+            await db.close()
+
+    transactions, texts = asyncio.run(scenario())
+    assert transactions == 3  # 16 + 16 + 7
+    assert texts == [f"partial {i}" for i in range(39)] + [""]
