@@ -55,11 +55,6 @@ import openai
 from openai.types.beta import AssistantToolParam
 from openai.types.beta.thread_create_params import ToolResources
 
-try:  # the SDK's own httpx, as bench.common imports it (openai>=3 speaks httpx2)
-    import httpx2 as sdk_http
-except ImportError:  # pragma: no cover
-    import httpx as sdk_http  # type: ignore[no-redef]
-
 from bench.baseline import CURRENT, Code, checkout_label, materialized
 from bench.common import (
     PYTHON,
@@ -97,7 +92,7 @@ CODE = ("import time, pathlib\n"
         "try:\n    time.sleep(600)\n"
         "except KeyboardInterrupt:\n"
         "    pathlib.Path('/mnt/data/interrupted-{tag}').write_text(repr(time.time()))\n    raise\n")
-STREAM_HEADERS = {"Authorization": "Bearer bench", "OpenAI-Beta": "assistants=v2"}
+WEB_HEADERS = {"Authorization": "Bearer bench", "OpenAI-Beta": "assistants=v2"}
 STATES = ("generating", "queued", "requires_action", "code_interpreter", "file_search")
 SHAPES = ("streamed", "polled", "mix")
 DEPLOYMENTS = {"sqlite": "SQLite, one process", "postgresql": "PostgreSQL, one process",
@@ -251,22 +246,19 @@ class Bench:
         self.front = async_client(dep.front)
         self.back = async_client(dep.back)
         self.direct = async_client(upstream.base_url)
-        self.http = sdk_http.AsyncClient(base_url=dep.back, headers={"Authorization": "Bearer bench",
-                                         "OpenAI-Beta": "assistants=v2"},
-                                         limits=sdk_http.Limits(max_connections=None, max_keepalive_connections=500),
-                                         timeout=sdk_http.Timeout(60))
-        # The streams' client: aiohttp reads a streamed event for a fraction of httpx's CPU
-        # (bench/upstream_chunks.py), and the benchmark follows 2,000 events a second.
-        self.streams = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0),
-                                             timeout=aiohttp.ClientTimeout(total=None, sock_read=120))
+        # Streams and polling GETs go through aiohttp: it reads a response or a streamed event
+        # for a fraction of httpx's CPU (bench/upstream_chunks.py), and the benchmark follows
+        # 2,000 events and hundreds of GETs a second on the cores assistd runs on. The cancel
+        # itself, the measured request, is the SDK's.
+        self.web = aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0), headers=WEB_HEADERS,
+                                         timeout=aiohttp.ClientTimeout(total=None, sock_read=120))
         self.assistants: dict[str, str] = {}
         self.background: list[asyncio.Task[None]] = []
 
     async def close(self) -> None:
         for client in (self.front, self.back, self.direct):
             await client.close()
-        await self.http.aclose()
-        await self.streams.close()
+        await self.web.close()
 
     async def assistant(self, state: str) -> str:
         if state not in self.assistants:
@@ -292,9 +284,9 @@ class Bench:
             else:
                 body = {"assistant_id": assistant_id, "thread": {
                     "messages": [{"role": "user", "content": run.marker}], "tool_resources": resources or {}}}
-                answer = await self.http.post(f"{self.dep.front}/threads/runs", json=body)
-                answer.raise_for_status()
-                data = answer.json()
+                async with self.web.post(f"{self.dep.front}/threads/runs", json=body) as answer:
+                    answer.raise_for_status()
+                    data = await answer.json()
                 run.thread_id, run.run_id, run.status = data["thread_id"], data["id"], data["status"]
                 if run.polled:
                     self.background.append(asyncio.create_task(self._poll(run)))
@@ -309,7 +301,7 @@ class Bench:
         body = {"assistant_id": assistant_id, "stream": True}
         url = f"{self.dep.front}/threads/{run.thread_id}/runs"
         try:
-            async with self.streams.post(url, json=body, headers=STREAM_HEADERS) as answer:
+            async with self.web.post(url, json=body) as answer:
                 answer.raise_for_status()
                 name = ""
                 async for raw in answer.content:  # line by line
@@ -334,12 +326,17 @@ class Bench:
             if name == "thread.run.cancelled":
                 run.stream_cancelled = now
 
+    async def status(self, run: Run) -> str:
+        """The run's status, as `GET` (through the second API process) shows it."""
+        async with self.web.get(f"{self.dep.back}/threads/{run.thread_id}/runs/{run.run_id}") as answer:
+            answer.raise_for_status()
+            return str((await answer.json())["status"])
+
     async def _poll(self, run: Run) -> None:
         """A create_and_poll client, eager: GET every POLL_BEFORE s until the run ends."""
-        url = f"/threads/{run.thread_id}/runs/{run.run_id}"
         with contextlib.suppress(Exception):
             while not run.t0 and run.status in ("queued", "in_progress", "requires_action"):
-                run.status = (await self.http.get(url)).json()["status"]
+                run.status = await self.status(run)
                 await asyncio.sleep(POLL_BEFORE)
 
     # ------------------------------------------------------------ cancelling
@@ -356,10 +353,9 @@ class Bench:
         self.background.append(asyncio.create_task(self._until_cancelled(run)))
 
     async def _until_cancelled(self, run: Run) -> None:
-        url = f"/threads/{run.thread_id}/runs/{run.run_id}"
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            status = (await self.http.get(url)).json()["status"]
+            status = await self.status(run)
             if status == "cancelled":
                 run.get_cancelled = time.time()
                 return
@@ -395,7 +391,7 @@ async def _in_state(bench: Bench, state: str, run: Run) -> bool:
         return True
     if state == "requires_action":
         if run.status != "requires_action":
-            run.status = (await bench.http.get(f"/threads/{run.thread_id}/runs/{run.run_id}")).json()["status"]
+            run.status = await bench.status(run)
         return run.status == "requires_action"
     if state == "code_interpreter":
         return any(bench.dep.code_dir.glob(f"*/sessions/*/data/started-{run.tag}"))
