@@ -22,9 +22,9 @@ class CountingStore(Store):
         self.transactions = 0
         opened = store.db.transaction
 
-        def counted() -> Any:
+        def counted(inline: bool = False) -> Any:
             self.transactions += 1
-            return opened()
+            return opened(inline)
 
         self.db.transaction = counted  # type: ignore[method-assign]
 

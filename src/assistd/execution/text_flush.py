@@ -71,6 +71,8 @@ class TextFlusher:
         self._pending = {m["id"] for m in messages}
         try:
             for start in range(0, len(messages), FLUSH_BATCH):
+                if start:
+                    await asyncio.sleep(0)  # what waits for the loop (a cancel, say) goes first
                 batch = [m for m in messages[start:start + FLUSH_BATCH] if m["id"] in self._pending]
                 if batch:
                     await self._write(batch, due)
@@ -83,7 +85,7 @@ class TextFlusher:
         self._pending.difference_update(ids)
         self._idle.clear()
         try:
-            async with self.store.db.transaction() as tx:
+            async with self.store.db.transaction(inline=True) as tx:
                 await self.store.runs.save_message_bodies(tx, messages)
             for message_id in ids:
                 self._unreachable.pop(message_id, None)

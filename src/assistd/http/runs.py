@@ -74,7 +74,7 @@ async def create(request: Request) -> Response:
 async def _insert_run(rt: Runtime, thread: Obj | None, messages: list[Obj], row: RunRow,
                       extra: list[Obj]) -> Run:
     """The new run (with `thread`, its new thread and messages) in one transaction."""
-    async with rt.store.db.transaction() as tx:
+    async with rt.store.db.transaction(inline=True) as tx:  # bounded by the body's size
         if thread is not None:
             await rt.store.insert_thread(thread, messages, tx)
         return await changes.create(tx, rt.lifecycle.records, row, extra)

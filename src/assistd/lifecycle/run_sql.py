@@ -64,7 +64,8 @@ class RunSQL:
         self.db = db
 
     def transaction(self) -> Any:
-        return self.db.transaction()
+        """A run's changes are a few small statements: inline on SQLite (storage/db.py)."""
+        return self.db.transaction(inline=True)
 
     # ------------------------------------------------------------ runs
 
@@ -167,7 +168,7 @@ class RunSQL:
             f"RETURNING seq AS claim_order, {RUN_COLUMNS}",
             "from", CLAIMABLE, params,
         )
-        async with self.db.transaction() as tx:
+        async with self.db.transaction(inline=True) as tx:
             rows = await tx.fetchall(sql, **params)
         rows.sort(key=lambda row: row.pop("claim_order"))
         return [run_from_row(row) for row in rows]
@@ -185,7 +186,7 @@ class RunSQL:
             "UPDATE runs SET heartbeat_at = :at WHERE worker_id = :w AND id IN (:ids) RETURNING id, status",
             "ids", run_ids, params,
         )
-        async with self.db.transaction() as tx:
+        async with self.db.transaction(inline=True) as tx:
             rows = await tx.fetchall(sql, **params)
         return {r["id"]: r["status"] for r in rows}
 
@@ -266,7 +267,7 @@ class RunSQL:
         return list_object([dict(run_from_row(r)) for r in rows], more)
 
     async def update_run_metadata(self, thread_id: str, run_id: str, metadata: dict[str, Any]) -> Run:
-        async with self.db.transaction() as tx:
+        async with self.db.transaction(inline=True) as tx:
             count = await tx.execute("UPDATE runs SET metadata = :m WHERE id = :id AND thread_id = :t",
                                      m=o.dumps(metadata), id=run_id, t=thread_id)
             if not count:
