@@ -179,8 +179,9 @@ class VectorStoreStore:
 
     async def touch(self, vector_store_id: str) -> None:
         """Keep `last_active_at` (and so `expires_at`) true; at most one write a second."""
-        await self.db.execute("UPDATE vector_stores SET last_active_at = :t WHERE id = :id AND last_active_at < :t",
-                              t=now(), id=vector_store_id)
+        async with self.db.transaction(inline=True) as tx:  # every file_search of every run: keep it short
+            await tx.execute("UPDATE vector_stores SET last_active_at = :t WHERE id = :id AND last_active_at < :t",
+                             t=now(), id=vector_store_id)
 
     async def delete(self, vector_store_id: str) -> None:
         async with self.db.transaction() as tx:
@@ -508,8 +509,9 @@ class VectorStoreStore:
         return rows
 
     async def renew_claims(self, holder: str, at: float) -> None:
-        await self.db.execute("UPDATE vector_store_files SET claimed_at = :at "
-                              "WHERE claimed_by = :w AND status = 'in_progress'", at=at, w=holder)
+        async with self.db.transaction(inline=True) as tx:  # a lease renewal: one small update
+            await tx.execute("UPDATE vector_store_files SET claimed_at = :at "
+                             "WHERE claimed_by = :w AND status = 'in_progress'", at=at, w=holder)
 
     async def finish_file(self, holder: str, vector_store_id: str, file_id: str, chunks: builtins.list[str],
                           vectors: np.ndarray | None = None, model: str | None = None) -> bool:
