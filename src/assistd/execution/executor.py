@@ -175,18 +175,13 @@ class RunTurn:
             raise UpstreamError("server_error", "The upstream stream ended before the completion finished.")
         return await self._finish()
 
-    def _steps(self) -> list[Obj]:
-        """The run's steps for the helpers that read plain objects."""
-        return self.steps  # type: ignore[return-value]
-
     def _request(self) -> Obj | str:
         """The upstream request, or the budget (`incomplete_details.reason`) that forbids it."""
         left = budgets(self.run["max_prompt_tokens"], self.run["max_completion_tokens"], self.used)
         if left.exhausted is not None:
             return left.exhausted
-        history: list[Obj] = self.history  # type: ignore[assignment]
-        own = [m for m in history if m["run_id"] == self.run_id]
-        thread, mine = prompt.conversation(self.run, history, self._steps(), own, self.images)
+        own = [m for m in self.history if m["run_id"] == self.run_id]
+        thread, mine = prompt.conversation(self.run, self.history, self.steps, own, self.images)
         try:
             messages = prompt.truncate(self.run, prompt.system_messages(self.run), thread, mine, left.prompt_left)
         except prompt.PromptTooLong:
