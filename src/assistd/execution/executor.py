@@ -148,8 +148,7 @@ class RunTurn:
         for step in self.steps:
             self.used = add_usage(self.used, usage_of(step["usage"]))
         self.history = await self.records.thread_messages(self.run["thread_id"])
-        self.images = await vision.data_urls(FileStore(self.rt.store.db, self.rt.settings.files_dir),
-                                             [dict(m) for m in self.history])
+        self.images = await vision.data_urls(FileStore(self.rt.store.db, self.rt.settings.files_dir), self.history)
         while await self._call():
             self.call = CallState()
 
