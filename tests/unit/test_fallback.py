@@ -2,21 +2,20 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 from assistd.execution.broker import Event, serialize
 from assistd.execution.fallback import Delivered
+from assistd.lifecycle.records import Message, Step
+from tests.support import records
 
 RUN = {"id": "run_1", "status": "in_progress"}
 
 
-def _message(text: str, status: str = "in_progress") -> dict[str, Any]:
-    return {"id": "msg_1", "object": "thread.message", "status": status,
-            "content": [{"type": "text", "text": {"value": text, "annotations": []}}]}
+def _message(text: str, status: str = "in_progress") -> Message:
+    return records.message([{"type": "text", "text": {"value": text, "annotations": []}}], status=status)
 
 
-def _step(status: str = "in_progress") -> dict[str, Any]:
-    return {"id": "step_1", "object": "thread.run.step", "type": "message_creation", "status": status}
+def _step(status: str = "in_progress") -> Step:
+    return records.step({"type": "message_creation", "message_creation": {"message_id": "msg_1"}}, status=status)
 
 
 def _delta(piece: str) -> Event:

@@ -5,18 +5,20 @@ from __future__ import annotations
 from typing import Any
 
 from assistd.execution.message_parts import StreamedText
+from assistd.lifecycle.records import Step
+from tests.support import records
 
 Obj = dict[str, Any]
 
 
-def steps_with(search_results: list[Obj] | None = None, written: str = "") -> list[Obj]:
+def steps_with(search_results: list[Obj] | None = None, written: str = "") -> list[Step]:
     calls: list[Obj] = []
     if search_results is not None:
         calls.append({"id": "call_s", "type": "file_search", "file_search": {"results": search_results}})
     if written:
         calls.append({"id": "call_c", "type": "code_interpreter", "code_interpreter": {
             "input": "", "outputs": [{"type": "logs", "logs": written}]}})
-    return [{"step_details": {"type": "tool_calls", "tool_calls": calls}}]
+    return [records.step({"type": "tool_calls", "tool_calls": calls})]
 
 
 def feed_all(text: StreamedText, pieces: list[str]) -> list[list[Obj]]:

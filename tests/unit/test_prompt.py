@@ -6,8 +6,10 @@ from typing import Any
 
 import pytest
 
-from assistd.domain.objects import new_message, text_part
+from assistd.domain.objects import text_part
 from assistd.execution import prompt
+from assistd.lifecycle.records import Message
+from tests.support import records
 
 RUN: dict[str, Any] = {
     "id": "run_1", "model": "m", "instructions": "sys", "tools": [], "tool_choice": "auto",
@@ -16,8 +18,12 @@ RUN: dict[str, Any] = {
 }
 
 
-def _history(n: int, size: int = 10) -> list[dict[str, Any]]:
-    return [new_message("thread_1", "user", [text_part(f"{i}:" + "x" * size)]) for i in range(n)]
+def _user(number: int, text: str) -> Message:
+    return records.message([text_part(text)], role="user", message_id=f"msg_{number}", run_id=None)
+
+
+def _history(n: int, size: int = 10) -> list[Message]:
+    return [_user(i, f"{i}:" + "x" * size) for i in range(n)]
 
 
 def test_last_messages_keeps_only_the_most_recent_thread_messages() -> None:
@@ -46,7 +52,7 @@ def _dropping_one_by_one(thread: list[dict[str, Any]], own: list[dict[str, Any]]
 @pytest.mark.parametrize("budget", [0, 50, 200, 351, 900, 2_000, 10**6])
 def test_auto_truncation_keeps_what_re_estimating_after_each_drop_would(budget: int) -> None:
     sizes = [3, 700, 40, 1_200, 5, 90, 333, 8, 2_500, 60]
-    history = [new_message("thread_1", "user", [text_part("y" * n)]) for n in sizes]
+    history = [_user(i, "y" * n) for i, n in enumerate(sizes)]
     thread, own = prompt.conversation(RUN, history, [], [])
     own = [{"role": "assistant", "content": "z" * 150}]
     expected = thread[_dropping_one_by_one(thread, own, budget):] + own
@@ -59,7 +65,7 @@ def test_auto_truncation_keeps_what_re_estimating_after_each_drop_would(budget: 
 def test_the_estimate_of_a_list_is_its_json_length_in_quarters() -> None:
     import json
 
-    history = [new_message("thread_1", "user", [text_part("é" * n)]) for n in (0, 1, 77)]
+    history = [_user(i, "é" * n) for i, n in enumerate((0, 1, 77))]
     thread, _ = prompt.conversation(RUN, history, [], [])
     for count in range(len(thread) + 1):
         chars = len(json.dumps(thread[:count], ensure_ascii=False))
@@ -90,9 +96,9 @@ def test_request_carries_tools_format_and_budget() -> None:
 
 
 def test_earlier_tool_steps_become_assistant_tool_calls_and_tool_results() -> None:
-    step = {"step_details": {"type": "tool_calls", "tool_calls": [
+    step = records.step({"type": "tool_calls", "tool_calls": [
         {"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}", "output": "42"}},
-    ]}}
+    ]})
     assistant, result = prompt.step_messages(step, {})
     assert assistant["tool_calls"][0]["id"] == "call_1" and assistant["content"] is None
     assert result == {"role": "tool", "tool_call_id": "call_1", "content": "42"}

@@ -113,7 +113,7 @@ def new_message(
     }
 
 
-def message_text(message: Obj) -> str:
+def message_text(message: Mapping[str, Any]) -> str:
     return "".join(p["text"]["value"] for p in message["content"] if p["type"] == "text")
 
 
@@ -292,7 +292,7 @@ def file_counts(by_status: dict[str, int]) -> Obj:
     return {**counts, "total": sum(counts.values())}
 
 
-def tool_calls_of(steps: list[Obj], call_type: str) -> list[Obj]:
+def tool_calls_of(steps: Sequence[Mapping[str, Any]], call_type: str) -> list[Obj]:
     """The run's tool calls of one type (`file_search`, `code_interpreter`…), in step order."""
     return [c for s in steps if s["step_details"]["type"] == "tool_calls"
             for c in s["step_details"]["tool_calls"] if c["type"] == call_type]

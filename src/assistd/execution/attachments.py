@@ -9,6 +9,7 @@ background; a run waits for them (see `file_search.wait_for_ingestion`).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from assistd.domain import objects as o
@@ -25,7 +26,7 @@ def _file_search(tool_resources: Obj | None) -> Obj:
     return dict((tool_resources or {}).get("file_search") or {})
 
 
-def search_file_ids(messages: list[Obj]) -> list[str]:
+def search_file_ids(messages: Sequence[Mapping[str, Any]]) -> list[str]:
     """The files that messages attach for the file_search tool, each once, in order."""
     return o.attached_file_ids(messages, "file_search")
 
@@ -68,7 +69,8 @@ async def resolve_helpers(store: Store, tool_resources: Obj | None) -> Obj | Non
     return {**(tool_resources or {}), "file_search": {**search, "vector_store_ids": ids}}
 
 
-async def attach_for_search(store: Store, tool_resources: Obj | None, messages: list[Obj]) -> Obj | None:
+async def attach_for_search(store: Store, tool_resources: Obj | None,
+                            messages: Sequence[Mapping[str, Any]]) -> Obj | None:
     """Add the messages' file_search attachments to the thread's store, made if it has none.
 
     Returns the thread's new `tool_resources` when a store was made, else None (unchanged).
@@ -86,7 +88,7 @@ async def attach_for_search(store: Store, tool_resources: Obj | None, messages: 
     return {**(tool_resources or {}), "file_search": {**_file_search(tool_resources), "vector_store_ids": [new_id]}}
 
 
-async def attach_to_thread(store: Store, thread_id: str, messages: list[Obj]) -> None:
+async def attach_to_thread(store: Store, thread_id: str, messages: Sequence[Mapping[str, Any]]) -> None:
     """For messages added to an existing thread: attach, and record a store made for it."""
     if not search_file_ids(messages):
         return
@@ -96,7 +98,8 @@ async def attach_to_thread(store: Store, thread_id: str, messages: list[Obj]) ->
         await store.update_thread(thread_id, {"tool_resources": changed})
 
 
-async def new_thread_resources(store: Store, tool_resources: Obj | None, messages: list[Obj]) -> Obj | None:
+async def new_thread_resources(store: Store, tool_resources: Obj | None,
+                               messages: Sequence[Mapping[str, Any]]) -> Obj | None:
     """For a thread being created: its `tool_resources` with helpers and attachments resolved."""
     resolved = await resolve_helpers(store, tool_resources)
     return await attach_for_search(store, resolved, messages) or resolved

@@ -18,6 +18,7 @@ import logging
 import os
 import re
 import shutil
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from assistd.config import Settings
 from assistd.domain import objects as o
 from assistd.domain.errors import NotFound
 from assistd.execution.attachments import tool_resource_ids
-from assistd.lifecycle.records import RunView
+from assistd.lifecycle.records import RunView, Step
 from assistd.storage.files import FileStore
 from assistd.storage.store import Store
 
@@ -63,7 +64,7 @@ def tool(run: RunView) -> Obj | None:
     return next((t for t in run.get("tools") or [] if t.get("type") == NAME), None)
 
 
-def rounds(steps: list[Obj]) -> int:
+def rounds(steps: Sequence[Step]) -> int:
     return len(o.tool_calls_of(steps, NAME))
 
 
@@ -267,7 +268,7 @@ def chat_call(call: Obj) -> Obj:
 # ---------------------------------------------------------------- the answer
 
 
-def written_files(steps: list[Obj]) -> dict[str, str]:
+def written_files(steps: Sequence[Step]) -> dict[str, str]:
     """Name → File id of each file the run's code wrote."""
     written: dict[str, str] = {}
     for call in o.tool_calls_of(steps, NAME):
@@ -277,7 +278,8 @@ def written_files(steps: list[Obj]) -> dict[str, str]:
     return written
 
 
-def file_paths(text: str, steps: list[Obj], *, settled: bool = True, written: dict[str, str] | None = None) -> list[Obj]:
+def file_paths(text: str, steps: Sequence[Step], *, settled: bool = True,
+               written: dict[str, str] | None = None) -> list[Obj]:
     """A `file_path` annotation for each sandbox:/mnt/data/<name> that the run's code wrote
     (`written`, if the caller has it already). While the text still streams (`settled`
     false), a path running to its end may grow: left out."""
@@ -294,7 +296,7 @@ def file_paths(text: str, steps: list[Obj], *, settled: bool = True, written: di
     return found
 
 
-def image_parts(steps: list[Obj]) -> list[Obj]:
+def image_parts(steps: Sequence[Step]) -> list[Obj]:
     """`image_file` content parts for the images the run's code displayed since its last message."""
     since = steps
     for position, step in enumerate(steps):

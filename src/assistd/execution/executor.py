@@ -148,14 +148,13 @@ class RunTurn:
         for step in self.steps:
             self.used = add_usage(self.used, usage_of(step["usage"]))
         self.history = await self.records.thread_messages(self.run["thread_id"])
-        self.images = await vision.data_urls(FileStore(self.rt.store.db, self.rt.settings.files_dir),
-                                             [dict(m) for m in self.history])
+        self.images = await vision.data_urls(FileStore(self.rt.store.db, self.rt.settings.files_dir), self.history)
         while await self._call():
             self.call = CallState()
 
     async def _call(self) -> bool:
         """One upstream call; True when the turn goes on with another (served calls answered)."""
-        steps: list[Obj] = self._steps()
+        steps = self.steps
         self.call.searching = bool(self.store_ids) and file_search.rounds(steps) < file_search.MAX_ROUNDS
         self.call.coding = (self.rt.code_pool is not None and code_tool.tool(self.run) is not None
                             and code_tool.rounds(steps) < code_tool.MAX_ROUNDS)
@@ -175,18 +174,13 @@ class RunTurn:
             raise UpstreamError("server_error", "The upstream stream ended before the completion finished.")
         return await self._finish()
 
-    def _steps(self) -> list[Obj]:
-        """The run's steps for the helpers that read plain objects."""
-        return self.steps  # type: ignore[return-value]
-
     def _request(self) -> Obj | str:
         """The upstream request, or the budget (`incomplete_details.reason`) that forbids it."""
         left = budgets(self.run["max_prompt_tokens"], self.run["max_completion_tokens"], self.used)
         if left.exhausted is not None:
             return left.exhausted
-        history: list[Obj] = self.history  # type: ignore[assignment]
-        own = [m for m in history if m["run_id"] == self.run_id]
-        thread, mine = prompt.conversation(self.run, history, self._steps(), own, self.images)
+        own = [m for m in self.history if m["run_id"] == self.run_id]
+        thread, mine = prompt.conversation(self.run, self.history, self.steps, own, self.images)
         try:
             messages = prompt.truncate(self.run, prompt.system_messages(self.run), thread, mine, left.prompt_left)
         except prompt.PromptTooLong:
@@ -201,7 +195,7 @@ class RunTurn:
         """The run as the next request sees it: a `tool_choice` forcing file_search or
         code_interpreter forces only the first call of it."""
         run, choice = self.run, self.run["tool_choice"]
-        steps = self._steps()
+        steps = self.steps
         called = {file_search.NAME: file_search.rounds(steps), code_tool.NAME: code_tool.rounds(steps)}
         if isinstance(choice, dict) and called.get(choice.get("type") or ""):
             return {**run, "tool_choice": "auto"}
@@ -238,7 +232,7 @@ class RunTurn:
             await self._lock_thread(tx)
             await self.records.insert_step(tx, step)
             await self.records.insert_message(tx, message)
-        self.call.images = code_tool.image_parts(self._steps())  # since the run's last message
+        self.call.images = code_tool.image_parts(self.steps)  # since the run's last message
         self.call.message, self.call.message_step = message, step
         self.steps.append(step)
         self.history.append(message)
@@ -274,7 +268,7 @@ class RunTurn:
         message = self.call.message
         assert message is not None
         if self.call.streamed is None:
-            self.call.streamed = StreamedText(list(self._steps()), len(self.call.images))
+            self.call.streamed = StreamedText(list(self.steps), len(self.call.images))
         if (part := self.call.streamed.feed(piece)) is not None:
             self._publish_delta(part)
         self.rt.text_flush.due(message["id"], self._text_so_far)
@@ -449,7 +443,7 @@ class RunTurn:
             return []
         part: Obj | None
         if self.call.streamed is None:
-            self.call.streamed = StreamedText(list(self._steps()), 0)
+            self.call.streamed = StreamedText(list(self.steps), 0)
             part = self.call.streamed.feed("")
             part = part or {"index": 0, "type": "text", "text": {"value": "", "annotations": []}}
         else:

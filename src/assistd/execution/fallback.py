@@ -18,10 +18,12 @@ import json
 import math
 import time
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from assistd.execution.broker import Event, Subscription
+from assistd.lifecycle.records import Message, RunView, Step
 from assistd.lifecycle.states import STREAM_STOPS, RunStatus
 from assistd.storage.db import DatabaseUnavailable
 from assistd.storage.store import Store
@@ -39,7 +41,7 @@ def _data(event: Event) -> Obj:
     return json.loads(data) if isinstance(data, str) else data  # type: ignore[no-any-return]
 
 
-def text_index(message: Obj) -> int:
+def text_index(message: Message) -> int:
     """Where the message's text part is (images come before it), or where it will be."""
     content = message.get("content") or []
     for index, part in enumerate(content):
@@ -48,7 +50,7 @@ def text_index(message: Obj) -> int:
     return len(content)
 
 
-def text_of(message: Obj) -> str:
+def text_of(message: Message) -> str:
     """The text deltas build: the message's text content part."""
     content = message.get("content") or []
     index = text_index(message)
@@ -71,7 +73,7 @@ class Delivered:
     text: dict[str, int] = field(default_factory=dict)
 
     @classmethod
-    def as_now(cls, run: Obj, messages: list[Obj], steps: list[Obj]) -> Delivered:
+    def as_now(cls, run: RunView, messages: Sequence[Message], steps: Sequence[Step]) -> Delivered:
         """A stream joining a run that already has a past: that past counts as sent."""
         return cls(run["status"], {s["id"]: s["status"] for s in steps},
                    {m["id"]: m["status"] for m in messages}, {m["id"]: len(text_of(m)) for m in messages})
@@ -90,7 +92,7 @@ class Delivered:
             status = name.rsplit(".", 1)[1]
             self.run_status = status if status in RUN_STATUSES else RunStatus.QUEUED.value
 
-    def missed(self, run: Obj, messages: list[Obj], steps: list[Obj]) -> list[Event]:
+    def missed(self, run: RunView, messages: Sequence[Message], steps: Sequence[Step]) -> list[Event]:
         """What the database holds that this stream has not sent, in a worker's order."""
         events = [*self._new_steps(steps), *self._message_events(messages), *self._ended_steps(steps)]
         status = run["status"]
@@ -100,7 +102,7 @@ class Delivered:
             self.note(event)
         return events
 
-    def _new_steps(self, steps: list[Obj]) -> list[Event]:
+    def _new_steps(self, steps: Sequence[Step]) -> list[Event]:
         events = []
         for step in steps:
             if step["id"] not in self.steps:
@@ -108,7 +110,7 @@ class Delivered:
                 events += [Event("thread.run.step.created", opened), Event("thread.run.step.in_progress", opened)]
         return events
 
-    def _message_events(self, messages: list[Obj]) -> list[Event]:
+    def _message_events(self, messages: Sequence[Message]) -> list[Event]:
         events = []
         for message in messages:
             if message["id"] not in self.messages:
@@ -125,18 +127,18 @@ class Delivered:
                 events.append(Event(f"thread.message.{message['status']}", message))
         return events
 
-    def _ended_steps(self, steps: list[Obj]) -> list[Event]:
+    def _ended_steps(self, steps: Sequence[Step]) -> list[Event]:
         return [Event(f"thread.run.step.{step['status']}", step) for step in steps
                 if step["status"] in ENDED and self.steps.get(step["id"]) not in ENDED]
 
 
-async def read_state(store: Store, run_id: str) -> tuple[Obj, list[Obj], list[Obj]] | None:
+async def read_state(store: Store, run_id: str) -> tuple[RunView, list[Message], list[Step]] | None:
     """The run with its messages and steps, or None once it is gone."""
     run = await store.runs.get_run_by_id(run_id)
     if run is None:
         return None
-    messages: list[Obj] = await store.runs.run_messages(run_id)  # type: ignore[assignment]
-    steps: list[Obj] = await store.runs.run_steps(run_id)  # type: ignore[assignment]
+    messages = await store.runs.run_messages(run_id)
+    steps = await store.runs.run_steps(run_id)
     return dict(run), messages, steps
 
 

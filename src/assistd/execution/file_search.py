@@ -12,13 +12,14 @@ import asyncio
 import json
 import re
 import time
+from collections.abc import Sequence
 from typing import Any
 
 from assistd.domain import objects as o
 from assistd.domain.errors import InvalidRequest, NotFound
 from assistd.execution.attachments import tool_resource_ids
 from assistd.execution.retrieval import Retriever
-from assistd.lifecycle.records import RunView
+from assistd.lifecycle.records import RunView, Step
 from assistd.storage.store import Store
 from assistd.storage.vector_stores import VectorStoreStore
 
@@ -51,7 +52,7 @@ def tool(run: RunView) -> Obj | None:
     return next((t for t in run.get("tools") or [] if t.get("type") == NAME), None)
 
 
-def rounds(steps: list[Obj]) -> int:
+def rounds(steps: Sequence[Step]) -> int:
     """How many file_search calls the run has made so far."""
     return len(o.tool_calls_of(steps, NAME))
 
@@ -160,7 +161,7 @@ def chat_call(call: Obj) -> Obj:
     return {"id": call["id"], "type": "function", "function": {"name": NAME, "arguments": "{}"}}
 
 
-def citations(text: str, steps: list[Obj]) -> list[Obj]:
+def citations(text: str, steps: Sequence[Step]) -> list[Obj]:
     """A `file_citation` for each 【n†name】 marker that names a result of the run's searches.
 
     The file name decides (the latest search first); failing that, result n of the latest search.

@@ -6,10 +6,12 @@ annotations by their `index`, so each is sent exactly once and the list only gro
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from assistd.domain import objects as o
 from assistd.execution import code_tool, file_search
+from assistd.lifecycle.records import Step
 
 Obj = dict[str, Any]
 PATH_PREFIX = "sandbox:/mnt/data/"
@@ -18,7 +20,7 @@ PATH_PREFIX = "sandbox:/mnt/data/"
 class StreamedText:
     """The text part at content `index` of a message, built from the model's pieces."""
 
-    def __init__(self, steps: list[Obj], index: int) -> None:
+    def __init__(self, steps: Sequence[Step], index: int) -> None:
         self.steps = steps  # the run's steps before this upstream call: what can be cited
         self.index = index
         self.value = ""

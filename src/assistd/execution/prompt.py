@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from assistd.domain.objects import message_text
 from assistd.execution import code_tool, file_search
-from assistd.lifecycle.records import RunView
+from assistd.lifecycle.records import Message, RunView, Step
 
 Obj = dict[str, Any]
 
@@ -51,7 +52,7 @@ def estimate_tokens(messages: list[Obj]) -> int:
     return _estimate(sum(c for c, _ in sizes), len(sizes), sum(i for _, i in sizes))
 
 
-def chat_message(message: Obj, images: dict[str, str] | None = None) -> Obj:
+def chat_message(message: Message, images: Mapping[str, str] | None = None) -> Obj:
     """A thread message as a Chat Completions message. A user's images become `image_url`
     parts, in place: a URL as given, an `image_file` as its `data:` URL from `images`
     (file id → URL; a file missing there is left out)."""
@@ -68,7 +69,7 @@ def chat_message(message: Obj, images: dict[str, str] | None = None) -> Obj:
     return {"role": "user", "content": parts or text}
 
 
-def _image_url(part: Obj, images: dict[str, str]) -> Obj | None:
+def _image_url(part: Obj, images: Mapping[str, str]) -> Obj | None:
     if part["type"] == "image_url":
         return dict(part["image_url"])
     if part["type"] != "image_file" or part["image_file"]["file_id"] not in images:
@@ -79,7 +80,7 @@ def _image_url(part: Obj, images: dict[str, str]) -> Obj | None:
     return image
 
 
-def step_messages(step: Obj, messages_by_id: dict[str, Obj]) -> list[Obj]:
+def step_messages(step: Step, messages_by_id: Mapping[str, Message]) -> list[Obj]:
     """What one of this run's earlier steps contributes to the conversation."""
     details = step["step_details"]
     if details["type"] == "message_creation":
@@ -111,8 +112,8 @@ def _tool_output(call: Obj) -> str:
     return str(call["function"].get("output") or "")
 
 
-def conversation(run: RunView, history: list[Obj], steps: list[Obj], run_messages: list[Obj],
-                 images: dict[str, str] | None = None) -> tuple[list[Obj], list[Obj]]:
+def conversation(run: RunView, history: Sequence[Message], steps: Sequence[Step], run_messages: Sequence[Message],
+                 images: Mapping[str, str] | None = None) -> tuple[list[Obj], list[Obj]]:
     """(thread history, this run's own turns) as chat messages, before truncation; `images`
     holds the `data:` URLs of the files `image_file` parts name."""
     thread = [chat_message(m, images) for m in history if m["run_id"] != run["id"]]

@@ -10,14 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import base64
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from assistd.domain.errors import NotFound, invalid
 from assistd.execution.runtime import Runtime
+from assistd.lifecycle.records import Message
 from assistd.storage.files import FileStore
 
-Obj = dict[str, Any]
 MAX_IMAGE_BYTES = 20 * 1024 * 1024  # OpenAI's limit for one image given to a model
 MAX_REQUEST_IMAGE_BYTES = 64 * 1024 * 1024  # images inlined into one upstream request, newest first
 PURPOSES = ("vision", "assistants")
@@ -38,11 +39,11 @@ def sniff(head: bytes) -> str | None:
     return None
 
 
-def image_file_ids(message: Obj) -> list[str]:
+def image_file_ids(message: Mapping[str, Any]) -> list[str]:
     return [p["image_file"]["file_id"] for p in message.get("content") or [] if p.get("type") == "image_file"]
 
 
-async def check_images(rt: Runtime, messages: list[Obj]) -> None:
+async def check_images(rt: Runtime, messages: Sequence[Mapping[str, Any]]) -> None:
     """Refuse (InvalidRequest) a message whose `image_file` parts don't name an image a model may see."""
     files = FileStore(rt.store.db, rt.settings.files_dir)
     for message in messages:
@@ -71,7 +72,7 @@ def _head(path: Path) -> bytes:
         return handle.read(16)
 
 
-async def data_urls(files: FileStore, messages: list[Obj]) -> dict[str, str]:
+async def data_urls(files: FileStore, messages: Sequence[Message]) -> dict[str, str]:
     """`data:` URLs of the images the messages' `image_file` parts name, newest first until
     MAX_REQUEST_IMAGE_BYTES; a file deleted since, or past the budget, is left out."""
     urls: dict[str, str] = {}
