@@ -184,7 +184,7 @@ class AssistdServer:
 
     # ------------------------------------------------------------ lifecycle
 
-    def start(self, timeout: float = 30.0) -> Self:
+    def start(self, timeout: float = 60.0) -> Self:
         """Spawn the process and wait until GET /healthz answers 200."""
         if self.running:
             raise RuntimeError("assistd is already running")
