@@ -366,11 +366,13 @@ def test_streamed_image_parts_and_file_annotations_render_in_delta_and_completed
     png = client.files.create(file=("dot.png", tiny_png()), purpose="assistants").id
     report = client.files.create(file=("report.txt", b"numbers"), purpose="assistants").id
     open_console(page, console, "files")
+    # The probe goes after <main>, not in it: the files view fills <main> when its list
+    # arrives, which on a busy machine can be after the probe was added (it was wiped).
     page.evaluate("""async ([png, report]) => {
         const { Conversation } = await import("/ui/js/conversation.js");
         const conv = new Conversation();
         conv.el.id = "probe";
-        document.querySelector("main").append(conv.el);
+        document.body.append(conv.el);
         const text = "Saved to sandbox:/mnt/data/report.txt here.";
         const start = text.indexOf("sandbox:"), end = start + "sandbox:/mnt/data/report.txt".length;
         const note = { index: 0, type: "file_path", text: "sandbox:/mnt/data/report.txt", start_index: start,
