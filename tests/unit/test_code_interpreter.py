@@ -417,7 +417,7 @@ def test_output_flooded_between_calls_is_read_as_it_comes_and_only_output_chars_
             if done.exists():
                 break
             await asyncio.sleep(0.05)
-        for _ in range(20):  # its last messages are read too
+        for _ in range(200):  # its last messages are read too (on a busy machine, seconds after the file)
             peak = max(peak, rss_of_this_process())
             await asyncio.sleep(0.05)
         return before, peak, await pool.execute("t1", "print('after')")
