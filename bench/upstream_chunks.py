@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import statistics
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import openai
@@ -47,15 +47,20 @@ async def _measure(read: Reader) -> float:
     return (time.process_time() - before) / max(1, sum(counts))
 
 
+async def _count(stream: AsyncIterator[Any]) -> int:
+    """How many chunks a stream gives (the way of reading is what is measured, not this)."""
+    chunks = 0
+    async for _ in stream:
+        chunks += 1
+    return chunks
+
+
 async def _sdk_stream(base_url: str) -> float:
     client = _sdk(base_url)
 
     async def read() -> int:
-        chunks = 0
         async with await client.chat.completions.create(**REQUEST, stream=True) as stream:
-            async for _ in stream:
-                chunks += 1
-        return chunks
+            return await _count(stream)
 
     try:
         return await _measure(read)
@@ -73,11 +78,8 @@ async def _assistd(base_url: str, transport: str) -> float:
         upstream.client = _sdk(base_url)
 
     async def read() -> int:
-        chunks = 0
         async with upstream.stream(REQUEST) as stream:
-            async for _ in stream:
-                chunks += 1
-        return chunks
+            return await _count(stream)
 
     try:
         return await _measure(read)
