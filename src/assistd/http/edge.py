@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import ipaddress
 import logging
 from urllib.parse import urlsplit
@@ -47,6 +48,7 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+@functools.lru_cache(maxsize=256)  # a client sends the same Host on every request
 def is_loopback_name(host: str) -> bool:
     """`localhost`, a 127.0.0.0/8 address or ::1, with or without a port."""
     name = urlsplit("//" + host).hostname or ""

@@ -6,6 +6,8 @@ A plain ASGI middleware, outermost, so refused requests (401) are seen too.
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import logging
 import secrets
 import time
@@ -67,9 +69,10 @@ class ObserveMiddleware:
         self.routes = routes
         self.templates = endpoint_templates(routes)
 
-    def _route(self, scope: Scope) -> str:
+    def _route(self, scope: Scope, path: str) -> str:
         """After routing: the template of the endpoint that answered, else matched again."""
-        return self.templates.get(scope.get("endpoint")) or route_template(self.routes, scope)
+        found = self.templates.get(scope.get("endpoint"))
+        return found or route_template(self.routes, {**scope, "path": path, "root_path": ""})
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -81,37 +84,56 @@ class ObserveMiddleware:
         async def send_observed(message: Message) -> None:
             if message["type"] == "http.response.start":
                 state["status"] = message["status"]
-                headers = list(message.get("headers", []))
-                headers.append((b"x-request-id", request_id.encode()))
+                headers = [*message.get("headers", ()), (b"x-request-id", request_id.encode())]
                 message = {**message, "headers": headers}
-                if dict(headers).get(b"content-type", b"").startswith(b"text/event-stream"):
+                if _is_stream(headers):
                     state["stream"] = True
                     metrics.ACTIVE_STREAMS.inc()
             await send(message)
 
-        parent = tracing.from_headers(_headers(scope)) if tracing.enabled() else None
         path = scope["path"]  # routing rewrites the scope: keep what the client asked
-        with tracing.span(f"{scope['method']}", {
-            "http.request.method": scope["method"], "url.path": path, "assistd.request_id": request_id,
-        }, parent=parent, kind="server") as span:
+        span = _server_span(scope, request_id) if tracing.enabled() else contextlib.nullcontext()
+        with span as current:
             try:
                 await self.app(scope, receive, send_observed)
             finally:
                 if state["stream"]:
                     metrics.ACTIVE_STREAMS.dec()
-                route = self._route({**scope, "path": path, "root_path": ""})
-                if span is not None:
-                    span.update_name(f"{scope['method']} {route}")
-                tracing.set_attributes(span, **{"http.response.status_code": state["status"], "http.route": route})
+                route = self._route(scope, path)
+                if current is not None:
+                    current.update_name(f"{scope['method']} {route}")
+                    tracing.set_attributes(current, **{"http.response.status_code": state["status"],
+                                                       "http.route": route})
                 if scope.get(CLIENT_GONE):
                     state["status"] = CLIENT_CLOSED_REQUEST
                 self._record(scope["method"], path, route, request_id, state["status"],
                              time.perf_counter() - started)
 
-    @staticmethod
-    def _record(method: str, path: str, route: str, request_id: str, status: int, seconds: float) -> None:
-        metrics.HTTP.labels(method, route, str(status)).inc()
-        metrics.HTTP_SECONDS.labels(route).observe(seconds)
+    def _record(self, method: str, path: str, route: str, request_id: str, status: int, seconds: float) -> None:
+        _counted(method, route, status).inc()
+        _timed(route).observe(seconds)
         access.info("%s %s %d %.1fms %s", method, path, status, seconds * 1000, request_id,
                     extra={"method": method, "path": path, "status": status,
                            "duration_ms": round(seconds * 1000, 1), "request_id": request_id})
+
+
+def _is_stream(headers: Sequence[tuple[bytes, bytes]]) -> bool:
+    return any(key == b"content-type" and value.startswith(b"text/event-stream") for key, value in headers)
+
+
+def _server_span(scope: Scope, request_id: str) -> contextlib.AbstractContextManager[Any]:
+    return tracing.span(f"{scope['method']}", {
+        "http.request.method": scope["method"], "url.path": scope["path"], "assistd.request_id": request_id,
+    }, parent=tracing.from_headers(_headers(scope)), kind="server")
+
+
+# The metrics' children by label values, kept: `labels()` validates and locks on every call.
+# Bounded: methods are those the HTTP parser knows, routes are templates, statuses are few.
+@functools.lru_cache(maxsize=4096)
+def _counted(method: str, route: str, status: int) -> Any:
+    return metrics.HTTP.labels(method, route, str(status))
+
+
+@functools.lru_cache(maxsize=1024)
+def _timed(route: str) -> Any:
+    return metrics.HTTP_SECONDS.labels(route)
