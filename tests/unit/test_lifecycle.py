@@ -189,7 +189,12 @@ def test_cancel_of_a_queued_run_cancels_it_at_once_and_frees_its_thread(store_ki
 def test_cancel_of_a_generating_run_tells_its_worker_and_the_turn_ends_it_cancelled(store_kind: str) -> None:
     async def scenario(w: World) -> None:
         told: list[str] = []
-        w.signals.on_cancel(told.append)
+
+        def tell(run_id: str) -> bool:
+            told.append(run_id)
+            return True
+
+        w.signals.on_cancel(tell)
         run = await w.running()
         step = await w.open_step(run)
         cancelling = await changes.cancel(w.lc, run["thread_id"], run["id"])

@@ -25,7 +25,7 @@ QUEUED_CHANNEL = "assistd_run_queued"
 CANCEL_CHANNEL = "assistd_run_cancel"
 RECONNECT_SECONDS = 1.0
 
-CancelListener = Callable[[str], Any]
+CancelListener = Callable[[str], bool]  # True: the run is executed here, and is being stopped
 
 
 class Signals(Protocol):
@@ -52,9 +52,9 @@ class LocalSignals:
     async def run_cancelling(self, run_id: str) -> None:
         self._cancelled(run_id)
 
-    def _cancelled(self, run_id: str) -> None:
-        for listener in self._cancel_listeners:
-            listener(run_id)
+    def _cancelled(self, run_id: str) -> bool:
+        """Tell this process's listeners; whether one of them executes the run."""
+        return any([listener(run_id) for listener in self._cancel_listeners])
 
     async def start(self) -> None:
         return None
@@ -90,7 +90,10 @@ class PostgresSignals(LocalSignals):
         await self._notify(QUEUED_CHANNEL, "")
 
     async def run_cancelling(self, run_id: str) -> None:
-        await self._notify(CANCEL_CHANNEL, run_id)
+        # The worker that holds the run is told directly when it is this process's (the
+        # cancel then waits for no round trip through PostgreSQL); no other holds it then.
+        if not self._cancelled(run_id):
+            await self._notify(CANCEL_CHANNEL, run_id)
 
     async def _notify(self, channel: str, payload: str) -> None:
         try:

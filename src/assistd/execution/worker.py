@@ -73,6 +73,8 @@ class Worker:
         turn, task = entry
         if reason == StopReason.EXPIRE and turn.ending:
             return False
+        if task.cancelling():  # told to stop already: cancelling again would cut its settling short
+            return True
         turn.stop_reason = reason
         task.cancel()
         return True
