@@ -6,13 +6,11 @@ import json
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+from assistd.domain import jsontext
 from assistd.domain.ids import new_id, now
 
 Obj = dict[str, Any]
-
-
-def dumps(value: Any) -> str:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False)
+dumps = jsontext.dumps  # stored columns are encoded as events are
 
 
 def loads_or_none(text: str | None) -> Any:

@@ -14,10 +14,11 @@ the objects it publishes) and delivered in the background, in publishing order.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections import defaultdict, deque
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from assistd.domain.jsontext import dumps
 
 FROM_START = "0"  # `after` for a subscription that wants every event the run's log still holds
 
@@ -32,9 +33,7 @@ class Event:
     id: str = ""
 
 
-def serialize(data: Any) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
-
+serialize = dumps  # an event's data is encoded once, when it is published
 
 class Subscription(Protocol):
     run_id: str

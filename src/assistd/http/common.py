@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 
+from assistd.domain import jsontext
 from assistd.execution.runtime import Runtime
 from assistd.http.errors import read_json
 from assistd.http.models import ListQuery, dump
@@ -41,9 +42,16 @@ def path(request: Request, name: str) -> str:
     return value
 
 
+class ObjectResponse(JSONResponse):
+    """A JSON body encoded as events and stored columns are (domain/jsontext)."""
+
+    def render(self, content: Any) -> bytes:
+        return jsontext.dumps_bytes(content)
+
+
 def ok(data: Any) -> JSONResponse:
-    return JSONResponse(data)
+    return ObjectResponse(data)
 
 
 def deleted(object_id: str, kind: str) -> JSONResponse:
-    return JSONResponse({"id": object_id, "object": f"{kind}.deleted", "deleted": True})
+    return ObjectResponse({"id": object_id, "object": f"{kind}.deleted", "deleted": True})
