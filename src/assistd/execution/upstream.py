@@ -215,7 +215,8 @@ class Upstream:
         """
         attempt = 0
         while True:
-            opening = self.client.chat.completions.with_streaming_response.create(**request, stream=True)
+            opening = self.client.chat.completions.with_streaming_response.create(
+                model=request["model"], messages=[], stream=True, extra_body=_fields(request))
             try:
                 # Entering sends the request; closing the response is all its exit would do.
                 response: openai.AsyncAPIResponse[Any] = await opening.__aenter__()
@@ -235,6 +236,14 @@ class Upstream:
 
     async def close(self) -> None:
         await self.client.close()
+
+
+def _fields(request: dict[str, Any]) -> dict[str, Any]:
+    """The request's fields, sent as the SDK's `extra_body`, which it merges into the JSON as
+    they are. Given as typed parameters, the SDK walks every message and part against its
+    TypedDicts first (`maybe_transform`): a third of its cost per request, measured, for a
+    request assistd already built as plain JSON."""
+    return {key: value for key, value in request.items() if key != "model"}
 
 
 def _as_connection_error(exc: openai.APIError) -> openai.APIError:
