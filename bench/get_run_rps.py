@@ -6,6 +6,10 @@ threads, connections and duration, after a warm-up, one after the other, each al
 the machine. wrk: `apt-get update && apt-get install -y wrk`; without it a small asyncio
 client (keep-alive connections, no HTTP library) stands in; on the 2-core machine it gave
 figures within a few per cent of wrk's.
+
+With `--baseline COMMIT`, a second assistd runs that commit's code (bench/baseline.py) on its
+own data, and the three servers are measured in turn, so the two assistd figures come from
+the same run and the same machine state.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from dataclasses import dataclass
 
 import httpx
 
+from bench.baseline import materialized
 from bench.common import (
     HEADERS,
     PYTHON,
@@ -157,13 +162,21 @@ def _bare_app(body: bytes) -> Iterator[str]:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def run() -> str:
-    with fake_upstream(3, 0.0) as upstream, assistd(upstream.base_url) as server:
-        url = _completed_run(server.base_url)
+def run(baseline: str = "") -> str:
+    with contextlib.ExitStack() as stack:
+        upstream = stack.enter_context(fake_upstream(3, 0.0))
+        urls: dict[str, str] = {}
+        if baseline:
+            old = stack.enter_context(materialized(baseline))
+            old_server = stack.enter_context(assistd(upstream.base_url, settings=old.env({})))
+            urls[f"assistd (SQLite) at {old.label}"] = _completed_run(old_server.base_url)
+        server = stack.enter_context(assistd(upstream.base_url))
+        urls[ASSISTD] = url = _completed_run(server.base_url)
         body = httpx.get(url, headers=HEADERS).content
-        with _bare_app(json.dumps(json.loads(body)).encode()) as bare_url:
-            sizes = {BARE: len(httpx.get(bare_url).content), ASSISTD: len(body)}
-            loads = measure_alternating({BARE: bare_url, ASSISTD: url})
+        bare_url = stack.enter_context(_bare_app(json.dumps(json.loads(body)).encode()))
+        urls = {BARE: bare_url, **urls}
+        sizes = {name: len(httpx.get(each, headers=HEADERS).content) for name, each in urls.items()}
+        loads = measure_alternating(urls)
     return _render(loads, sizes)
 
 
@@ -172,7 +185,8 @@ def _rps(loads: list[Load]) -> float:
 
 
 def _render(loads: dict[str, list[Load]], sizes: dict[str, int]) -> str:
-    ratio = _rps(loads[ASSISTD]) / _rps(loads[BARE])
+    ratios = {name: _rps(runs) / _rps(loads[BARE]) for name, runs in loads.items() if name != BARE}
+    ratio = ratios[ASSISTD]
     tool = loads[ASSISTD][0].tool
     setup = f"{tool} -t{THREADS} -c{CONNECTIONS} -d{DURATION}s, {ROUNDS} rounds each, alternating, after a {WARMUP} s warm-up"
     lines, rows = [], []
@@ -183,6 +197,7 @@ def _render(loads: dict[str, list[Load]], sizes: dict[str, int]) -> str:
         lines.append(f"{name}: {_rps(runs):,.0f} req/s (rounds: {rounds}), {errors} errors, "
                      f"mean latency {latency}, body {sizes[name]} bytes")
         rows.append(f"| {name} | **{_rps(runs):,.0f}** | {rounds} | {errors} | {latency} | {sizes[name]} B |")
+    lines += [f"ratio {name} / baseline: {each:.2f}" for name, each in ratios.items() if name != ASSISTD]
     lines.append(f"ratio assistd / baseline: {ratio:.2f} (target {TARGET})")
     if tool != "wrk":
         lines.append(f"wrk is not installed ({WRK_INSTALL}): measured with a Python client instead")
@@ -190,7 +205,8 @@ def _render(loads: dict[str, list[Load]], sizes: dict[str, int]) -> str:
         f"### `GET /v1/threads/{{t}}/runs/{{r}}` throughput ({setup})", "",
         "| server | requests/s (mean) | each round | errors | mean latency | body |",
         "| --- | --- | --- | --- | --- | --- |", *rows,
-        "", f"**ratio assistd / baseline: {ratio:.2f}** (target {TARGET})",
+        "", *[f"ratio {name} / baseline: {each:.2f}" for name, each in ratios.items() if name != ASSISTD],
+        f"**ratio assistd / baseline: {ratio:.2f}** (target {TARGET})",
     ]
     return report("GET run requests per second", lines, markdown)
 
@@ -199,6 +215,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--duration", type=int, default=DURATION, help="seconds of each measured load")
     parser.add_argument("--rounds", type=int, default=ROUNDS, help="measurements of each server, alternating")
+    parser.add_argument("--baseline", default="", help="also measure assistd at this commit, in turn")
     args = parser.parse_args()
     DURATION, ROUNDS = args.duration, args.rounds
-    main(run)
+    main(lambda: run(args.baseline))
