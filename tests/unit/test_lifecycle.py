@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 
 from assistd.domain import objects as o
-from assistd.domain.errors import InvalidRequest
+from assistd.domain.errors import InvalidRequest, NotFound
 from assistd.execution.broker import LocalBroker
 from assistd.execution.signals import LocalSignals
 from assistd.execution.sweeper import ORPHANED, recover_orphan
@@ -218,6 +218,28 @@ def test_cancel_of_a_finished_run_is_refused_as_openai_words_it(store_kind: str)
             await changes.complete(tx, w.lc.records, run["id"], usage=USAGE)
         with pytest.raises(InvalidRequest, match=re.escape("Cannot cancel run with status 'completed'.")):
             await changes.cancel(w.lc, run["thread_id"], run["id"])
+
+    run_in(store_kind, scenario)
+
+
+def test_cancel_naming_another_threads_run_is_not_found_and_changes_nothing(store_kind: str) -> None:
+    async def scenario(w: World) -> None:
+        run = await w.running()
+        with pytest.raises(NotFound):
+            await changes.cancel(w.lc, "thread_someone_else", run["id"])
+        assert await w.status(run["id"]) == "in_progress"
+        assert (run["id"], "thread.run.cancelling") not in w.broker.events
+
+    run_in(store_kind, scenario)
+
+
+def test_a_change_alone_may_only_enter_an_active_status(store_kind: str) -> None:
+    async def scenario(w: World) -> None:
+        run = await w.running()
+        with pytest.raises(ValueError, match="use transition"):
+            await w.lc.records.transition_alone(run["thread_id"], run["id"], RunStatus.CANCELLED,
+                                                allowed_from(RunStatus.CANCELLED))
+        assert await w.status(run["id"]) == "in_progress"
 
     run_in(store_kind, scenario)
 

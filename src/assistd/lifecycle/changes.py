@@ -240,7 +240,14 @@ async def hand_back(lc: Lifecycle, run_id: str, holder: str | None = None) -> bo
 
 async def cancel(lc: Lifecycle, thread_id: str, run_id: str) -> Run:
     """The API's cancel: `cancelling` while a turn runs (its worker is told at once, and
-    ends it `cancelled`), else `cancelled` at once. The database decides every race."""
+    ends it `cancelled`), else `cancelled` at once. The database decides every race.
+
+    A run generating, the case a cancel is for, takes one statement committed by itself: no
+    transaction waits on a busy event loop between its statements (PostgreSQL)."""
+    cancelling = await lc.records.transition_alone(thread_id, run_id, S.CANCELLING,
+                                                   allowed_from(S.CANCELLING, (S.IN_PROGRESS,)))
+    if cancelling is not None:
+        return await _cancelling(lc, cancelling)
     for _ in range(GUARD_RETRIES):
         async with lc.records.transaction() as tx:
             status = RunStatus((await lc.records.get_run(thread_id, run_id, tx))["status"])
@@ -257,11 +264,15 @@ async def cancel(lc: Lifecycle, thread_id: str, run_id: str) -> Run:
             settled.publish(lc.broker)
             return settled.run
         if cancelling is not None:
-            lc.broker.publish(run_id, "thread.run.cancelling", cancelling)
-            await lc.broker.flush()  # so `cancelling` precedes what the worker publishes next
-            await lc.signals.run_cancelling(run_id)
-            return cancelling
+            return await _cancelling(lc, cancelling)
     raise invalid("The run changed status while being cancelled; try again.")
+
+
+async def _cancelling(lc: Lifecycle, run: Run) -> Run:
+    lc.broker.publish(run["id"], "thread.run.cancelling", run)
+    await lc.broker.flush()  # so `cancelling` precedes what the worker publishes next
+    await lc.signals.run_cancelling(run["id"])
+    return run
 
 
 def _check_outputs(run: Run, outputs: list[dict[str, Any]]) -> dict[str, str]:

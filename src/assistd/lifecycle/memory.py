@@ -105,6 +105,16 @@ class MemoryRuns:
             self.threads[run["thread_id"]] = None
         return copy.deepcopy(run)
 
+    async def transition_alone(self, thread_id: str, run_id: str, target: RunStatus,
+                               allowed: tuple[str, ...]) -> Run | None:
+        if target not in ACTIVE:
+            raise ValueError(f"{target.value} releases the thread's lock: use transition()")
+        async with self._lock:
+            run = self.runs.get(run_id)
+            if run is None or run["thread_id"] != thread_id:
+                return None
+            return await self.transition(self, run_id, target, allowed)
+
     async def claim(self, worker_id: str, limit: int) -> list[Run]:
         async with self._lock:
             picked = [r for r in self.runs.values() if r["status"] in CLAIMABLE][:limit]

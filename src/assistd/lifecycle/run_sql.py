@@ -149,6 +149,19 @@ class RunSQL:
             )
         return run_from_row(row)
 
+    async def transition_alone(self, thread_id: str, run_id: str, target: RunStatus,
+                               allowed: tuple[str, ...]) -> Run | None:
+        """A guarded status change that is one statement, committed by itself: for a change
+        that writes nothing else (an active status, no columns). None when the guard failed,
+        or the run is not the thread's."""
+        if target not in ACTIVE:
+            raise ValueError(f"{target.value} releases the thread's lock: use transition()")
+        params: dict[str, Any] = {"id": run_id, "t": thread_id, "target": target.value}
+        sql = (f"UPDATE runs SET status = :target WHERE id = :id AND thread_id = :t "
+               f"AND status IN (:allowed) RETURNING {RUN_COLUMNS}")
+        row = await self.db.write_one(expand_in(sql, "allowed", allowed, params), **params)
+        return None if row is None else run_from_row(row)
+
     async def claim(self, worker_id: str, limit: int) -> list[Run]:
         """Take up to `limit` of the oldest claimable runs for this worker (→ in_progress).
 

@@ -45,6 +45,7 @@ class Database(Executor, Protocol):
     dialect: str
 
     def transaction(self, inline: bool = False) -> Any: ...
+    async def write_one(self, sql: str, **params: Any) -> Row | None: ...
     async def connect(self) -> None: ...
     async def close(self) -> None: ...
     async def executescript(self, sql: str) -> None: ...
@@ -232,6 +233,11 @@ class SQLiteDatabase:
             finally:
                 held.done()
 
+    async def write_one(self, sql: str, **params: Any) -> Row | None:
+        """One write statement, committed by itself; the row it returns (RETURNING)."""
+        async with self._inline_transaction() as tx:
+            return await tx.fetchone(sql, **params)
+
     def _committed_inline(self) -> None:
         self._inline_commits += 1
         if self._checkpointer is None or self._checkpointer.done():
@@ -412,6 +418,12 @@ class PostgresDatabase:
                     await tx.commit()
             finally:
                 held.done()
+
+    async def write_one(self, sql: str, **params: Any) -> Row | None:
+        """One write statement, committed by itself (one round trip: no BEGIN, no COMMIT, no
+        connection held between them while the event loop is busy); the row it returns."""
+        async with self._connection() as pg:
+            return await pg.fetchone(sql, **params)
 
     async def fetchone(self, sql: str, **params: Any) -> Row | None:
         async with self._connection("read") as pg:
