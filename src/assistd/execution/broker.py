@@ -35,6 +35,7 @@ class Event:
 
 serialize = dumps  # an event's data is encoded once, when it is published
 
+
 class Subscription(Protocol):
     run_id: str
 

@@ -109,7 +109,8 @@ class ObserveMiddleware:
                 self._record(scope["method"], path, route, request_id, state["status"],
                              time.perf_counter() - started)
 
-    def _record(self, method: str, path: str, route: str, request_id: str, status: int, seconds: float) -> None:
+    @staticmethod
+    def _record(method: str, path: str, route: str, request_id: str, status: int, seconds: float) -> None:
         _counted(method, route, status).inc()
         _timed(route).observe(seconds)
         access.info("%s %s %d %.1fms %s", method, path, status, seconds * 1000, request_id,
